@@ -1,0 +1,173 @@
+import Foundation
+import Synchronization
+
+/// Stores the chunks of a snapshot: hashes each on the calling thread, skips the ones the
+/// repository has, and hands new ones to worker threads in batches for compression and writing.
+///
+/// zstd is the slow stage, so it runs on every core; batching (one task per block of chunks)
+/// keeps the hand-off cost negligible. Workers are plain threads, not Swift concurrency tasks,
+/// because they block in `write` and `fsync`. The queue holds a few batches at most, so memory
+/// stays bounded whatever the input size.
+public final class ObjectWriter {
+    public struct Statistics: Sendable, Equatable {
+        public var chunks = 0
+        public var newObjects = 0
+        public var newBytes: UInt64 = 0
+        public var storedBytes: UInt64 = 0
+    }
+
+    private struct Batch {
+        var bytes: [UInt8] = []
+        var items: [(id: ObjectID, range: Range<Int>)] = []
+    }
+
+    private let store: any ObjectStore
+    private var known: Set<ObjectID>
+    private let queue: BlockingQueue<Batch>
+    private let workers: [Thread]
+    private let finished = DispatchGroup()
+    private let shared = SharedState()
+    private var current = Batch()
+    private var statistics = Statistics()
+    private let batchBytes: Int
+
+    public init(
+        store: any ObjectStore, known: Set<ObjectID>, compressionLevel: Int,
+        workerCount: Int = ProcessInfo.processInfo.activeProcessorCount, batchBytes: Int = 4 << 20
+    ) {
+        self.store = store
+        self.known = known
+        self.batchBytes = batchBytes
+        let count = max(1, workerCount)
+        let queue = BlockingQueue<Batch>(capacity: count * 2)
+        self.queue = queue
+        var threads: [Thread] = []
+        for index in 0..<count {
+            finished.enter()
+            let thread = Thread { [store, shared, finished] in
+                let compressor = ZstdCompressor(level: compressionLevel)
+                while let batch = queue.pop() {
+                    if shared.state.withLock({ $0.failure != nil }) { continue }
+                    do {
+                        var written = 0
+                        var stored: UInt64 = 0
+                        try batch.bytes.withUnsafeBytes { raw in
+                            for item in batch.items {
+                                let frame = compressor.compress(UnsafeRawBufferPointer(rebasing: raw[item.range]))
+                                if try store.put(item.id, encoded: frame) {
+                                    written += 1
+                                    stored += UInt64(frame.count)
+                                }
+                            }
+                        }
+                        shared.state.withLock {
+                            $0.newObjects += written
+                            $0.storedBytes += stored
+                        }
+                    } catch {
+                        let failure = error as? SnapError ?? SnapError(.io, "cannot store an object", cause: error)
+                        shared.state.withLock { if $0.failure == nil { $0.failure = failure } }
+                    }
+                }
+                finished.leave()
+            }
+            thread.name = "snap-writer-\(index)"
+            threads.append(thread)
+        }
+        workers = threads
+        threads.forEach { $0.start() }
+    }
+
+    deinit {
+        // Abandoned after an error: let the workers skip whatever is still queued.
+        shared.state.withLock { if $0.failure == nil { $0.failure = SnapError(.io, "cancelled") } }
+        queue.close()
+    }
+
+    /// Hashes `chunk`, queues it for storage if the repository lacks it, and returns its name.
+    public func write(_ chunk: UnsafeRawBufferPointer) throws -> ObjectID {
+        let id = ObjectID(hashing: chunk)
+        statistics.chunks += 1
+        if known.insert(id).inserted {
+            let start = current.bytes.count
+            current.bytes.append(contentsOf: chunk)
+            current.items.append((id, start..<current.bytes.count))
+            statistics.newBytes += UInt64(chunk.count)
+            if current.bytes.count >= batchBytes { try submit() }
+        }
+        return id
+    }
+
+    /// Whether the repository (or this run) has the object already.
+    public func contains(_ id: ObjectID) -> Bool { known.contains(id) }
+
+    /// Waits until every queued chunk is stored and durable; the record may be written after this.
+    public func finish() throws -> Statistics {
+        try submit()
+        queue.close()
+        finished.wait()
+        let (failure, newObjects, storedBytes) = shared.state.withLock { ($0.failure, $0.newObjects, $0.storedBytes) }
+        if let failure { throw failure }
+        try store.flush()
+        statistics.newObjects = newObjects
+        statistics.storedBytes = storedBytes
+        return statistics
+    }
+
+    private func submit() throws {
+        if let failure = shared.state.withLock({ $0.failure }) { throw failure }
+        guard !current.items.isEmpty else { return }
+        let batch = current
+        current = Batch()
+        current.bytes.reserveCapacity(batchBytes + (1 << 20))
+        queue.push(batch)
+    }
+}
+
+/// What the worker threads report back, behind a lock.
+private final class SharedState: Sendable {
+    let state = Mutex<(failure: SnapError?, newObjects: Int, storedBytes: UInt64)>((nil, 0, 0))
+}
+
+/// A bounded FIFO whose `push` waits while full and `pop` waits while empty.
+final class BlockingQueue<Element>: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var items: [Element] = []
+    private var head = 0
+    private var closed = false
+    private let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func push(_ element: Element) {
+        condition.lock()
+        defer { condition.unlock() }
+        while items.count - head >= capacity && !closed { condition.wait() }
+        guard !closed else { return }
+        items.append(element)
+        condition.broadcast()
+    }
+
+    /// The next element, or nil once the queue is closed and drained.
+    func pop() -> Element? {
+        condition.lock()
+        defer { condition.unlock() }
+        while items.count == head && !closed { condition.wait() }
+        guard items.count > head else { return nil }
+        let element = items[head]
+        head += 1
+        if head > 64 && head * 2 > items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+        condition.broadcast()
+        return element
+    }
+
+    func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        condition.unlock()
+    }
+}

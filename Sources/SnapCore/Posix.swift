@@ -1,0 +1,254 @@
+import CCrypto
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+// Thin, safe wrappers over the POSIX calls the store, snapshot and restore paths need. Everything
+// here reports failures as `SnapError(.io, ...)` naming the path, so callers never see a bare errno.
+
+/// An owned file descriptor, closed when the value is released.
+final class FileHandle: @unchecked Sendable {
+    let fd: Int32
+    let path: String
+
+    init(fd: Int32, path: String) {
+        self.fd = fd
+        self.path = path
+    }
+
+    deinit { close(fd) }
+
+    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o600, at dir: FileHandle? = nil)
+        throws -> FileHandle
+    {
+        let fd = retryOnInterrupt { openat(dir?.fd ?? AT_FDCWD, path, flags | O_CLOEXEC, mode) }
+        guard fd >= 0 else {
+            throw SnapError(.io, "cannot open \(display(path, in: dir))", cause: Errno(errno))
+        }
+        return FileHandle(fd: fd, path: dir.map { join($0.path, path) } ?? path)
+    }
+
+    /// Reads up to `buffer.count` bytes; 0 means end of file.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let n = retryOnInterrupt { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+        guard n >= 0 else { throw SnapError(.io, "cannot read \(path)", cause: Errno(errno)) }
+        return n
+    }
+
+    func writeAll(_ bytes: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let n = retryOnInterrupt { write(fd, bytes.baseAddress! + offset, bytes.count - offset) }
+            guard n > 0 else {
+                throw SnapError(.io, "cannot write \(path)", cause: Errno(n < 0 ? errno : EIO))
+            }
+            offset += n
+        }
+    }
+
+    func writeAll(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try writeAll($0) }
+    }
+
+    /// Reads the whole file; only for small files (records, config).
+    func readAll() throws -> [UInt8] {
+        var result: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = try buffer.withUnsafeMutableBytes { try read(into: $0) }
+            if n == 0 { return result }
+            result.append(contentsOf: buffer[0..<n])
+        }
+    }
+
+    func sync() throws {
+        guard fsync(fd) == 0 else { throw SnapError(.io, "cannot fsync \(path)", cause: Errno(errno)) }
+    }
+
+    func status() throws -> FileStatus {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SnapError(.io, "cannot stat \(path)", cause: Errno(errno)) }
+        return FileStatus(st)
+    }
+}
+
+/// The parts of `stat` that snap records.
+struct FileStatus {
+    enum Kind { case regular, directory, symlink, other }
+    var kind: Kind
+    var mode: UInt32  // permission bits, including setuid/setgid/sticky
+    var size: UInt64
+    var mtimeNanoseconds: Int64
+    var ctimeNanoseconds: Int64
+    var inode: UInt64
+    var device: UInt64
+
+    init(_ st: stat) {
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: kind = .regular
+        case S_IFDIR: kind = .directory
+        case S_IFLNK: kind = .symlink
+        default: kind = .other
+        }
+        mode = UInt32(st.st_mode & 0o7777)
+        size = UInt64(max(0, st.st_size))
+        mtimeNanoseconds = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        ctimeNanoseconds = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+        inode = UInt64(st.st_ino)
+        device = UInt64(st.st_dev)
+    }
+}
+
+enum Posix {
+    /// `lstat` relative to a directory; nil when the entry does not exist.
+    static func status(_ name: String, in dir: FileHandle?) throws -> FileStatus? {
+        var st = stat()
+        guard fstatat(dir?.fd ?? AT_FDCWD, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
+            if errno == ENOENT { return nil }
+            throw SnapError(.io, "cannot stat \(display(name, in: dir))", cause: Errno(errno))
+        }
+        return FileStatus(st)
+    }
+
+    static func makeDirectory(_ name: String, in dir: FileHandle?, mode: mode_t = 0o700) throws {
+        guard mkdirat(dir?.fd ?? AT_FDCWD, name, mode) == 0 else {
+            throw SnapError(.io, "cannot create folder \(display(name, in: dir))", cause: Errno(errno))
+        }
+    }
+
+    /// Creates the folder unless it exists already as a folder.
+    static func ensureDirectory(_ name: String, in dir: FileHandle?, mode: mode_t = 0o700) throws {
+        if mkdirat(dir?.fd ?? AT_FDCWD, name, mode) == 0 || errno == EEXIST { return }
+        throw SnapError(.io, "cannot create folder \(display(name, in: dir))", cause: Errno(errno))
+    }
+
+    static func readLink(_ name: String, in dir: FileHandle?) throws -> String {
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = buffer.withUnsafeMutableBufferPointer {
+            $0.baseAddress!.withMemoryRebound(to: CChar.self, capacity: $0.count) {
+                readlinkat(dir?.fd ?? AT_FDCWD, name, $0, Int(PATH_MAX))
+            }
+        }
+        guard n >= 0 else { throw SnapError(.io, "cannot read link \(display(name, in: dir))", cause: Errno(errno)) }
+        guard let target = String(validating: buffer[0..<n], as: UTF8.self) else {
+            throw SnapError(.invalidInput, "link target of \(display(name, in: dir)) is not valid UTF-8")
+        }
+        return target
+    }
+
+    static func symlink(_ target: String, _ name: String, in dir: FileHandle?) throws {
+        guard symlinkat(target, dir?.fd ?? AT_FDCWD, name) == 0 else {
+            throw SnapError(.io, "cannot create link \(display(name, in: dir))", cause: Errno(errno))
+        }
+    }
+
+    static func rename(_ from: String, _ to: String, in dir: FileHandle?) throws {
+        guard renameat(dir?.fd ?? AT_FDCWD, from, dir?.fd ?? AT_FDCWD, to) == 0 else {
+            throw SnapError(.io, "cannot rename \(display(from, in: dir)) to \(to)", cause: Errno(errno))
+        }
+    }
+
+    static func unlink(_ name: String, in dir: FileHandle?, directory: Bool = false) throws {
+        guard unlinkat(dir?.fd ?? AT_FDCWD, name, directory ? AT_REMOVEDIR : 0) == 0 else {
+            throw SnapError(.io, "cannot remove \(display(name, in: dir))", cause: Errno(errno))
+        }
+    }
+
+    /// Sets mtime (and atime to the same value) without following a symlink.
+    static func setModificationTime(_ name: String, in dir: FileHandle?, nanoseconds: Int64) throws {
+        var times = [timespec](repeating: timespec(nanoseconds: nanoseconds), count: 2)
+        guard utimensat(dir?.fd ?? AT_FDCWD, name, &times, AT_SYMLINK_NOFOLLOW) == 0 else {
+            throw SnapError(.io, "cannot set the time of \(display(name, in: dir))", cause: Errno(errno))
+        }
+    }
+
+    static func setMode(_ name: String, in dir: FileHandle?, mode: UInt32) throws {
+        guard fchmodat(dir?.fd ?? AT_FDCWD, name, mode_t(mode), 0) == 0 else {
+            throw SnapError(.io, "cannot set the mode of \(display(name, in: dir))", cause: Errno(errno))
+        }
+    }
+
+    /// The names in a folder (without `.` and `..`), as raw bytes: a name need not be UTF-8.
+    static func listDirectory(_ dir: FileHandle) throws -> [[UInt8]] {
+        let copy = dup(dir.fd)
+        guard copy >= 0, let stream = fdopendir(copy) else {
+            if copy >= 0 { close(copy) }
+            throw SnapError(.io, "cannot list \(dir.path)", cause: Errno(errno))
+        }
+        defer { closedir(stream) }
+        rewinddir(stream)
+        var names: [[UInt8]] = []
+        while true {
+            errno = 0
+            guard let entry = readdir(stream) else {
+                if errno != 0 { throw SnapError(.io, "cannot list \(dir.path)", cause: Errno(errno)) }
+                return names
+            }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> [UInt8] in
+                let bytes = raw.bindMemory(to: UInt8.self)
+                let length = bytes.firstIndex(of: 0) ?? bytes.count
+                return Array(bytes[0..<length])
+            }
+            if name == [0x2E] || name == [0x2E, 0x2E] { continue }
+            names.append(name)
+        }
+    }
+
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "unknown" }
+        return buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    }
+
+    static func randomHex(_ byteCount: Int) -> String {
+        var bytes = [UInt8](repeating: 0, count: byteCount)
+        let ok = bytes.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32($0.count)) }
+        precondition(ok == 1, "OpenSSL RAND_bytes failed")
+        return hexString(bytes)
+    }
+}
+
+extension timespec {
+    init(nanoseconds: Int64) {
+        let (seconds, remainder) = nanoseconds.quotientAndRemainder(dividingBy: 1_000_000_000)
+        // Floor division so times before 1970 keep a non-negative nanosecond field.
+        if remainder < 0 {
+            self.init(tv_sec: Int(seconds - 1), tv_nsec: Int(remainder + 1_000_000_000))
+        } else {
+            self.init(tv_sec: Int(seconds), tv_nsec: Int(remainder))
+        }
+    }
+}
+
+@inline(__always)
+func retryOnInterrupt<T: BinaryInteger>(_ body: () -> T) -> T {
+    while true {
+        let result = body()
+        if result < 0 && errno == EINTR { continue }
+        return result
+    }
+}
+
+func join(_ base: String, _ name: String) -> String {
+    if base.isEmpty || name.hasPrefix("/") { return name }
+    return base.hasSuffix("/") ? base + name : base + "/" + name
+}
+
+func display(_ name: String, in dir: FileHandle?) -> String {
+    dir.map { join($0.path, name) } ?? name
+}
+
+private let hexDigits = Array("0123456789abcdef".utf8)
+
+func hexString<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
+    var out = [UInt8]()
+    out.reserveCapacity(bytes.count * 2)
+    for byte in bytes {
+        out.append(hexDigits[Int(byte >> 4)])
+        out.append(hexDigits[Int(byte & 0x0F)])
+    }
+    return String(decoding: out, as: UTF8.self)
+}

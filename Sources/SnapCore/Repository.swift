@@ -1,0 +1,211 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// A snap repository on disk: its config, object store and snapshot records.
+public final class Repository: Sendable {
+    public let path: String
+    public let config: RepositoryConfig
+    public let store: any ObjectStore
+
+    var snapshotsPath: String { join(path, "snapshots") }
+    var objectsPath: String { join(path, "objects") }
+
+    private init(path: String, config: RepositoryConfig) {
+        self.path = path
+        self.config = config
+        self.store = LocalObjectStore(root: join(path, "objects"))
+    }
+
+    /// Creates an empty repository; refuses a folder that holds one already or anything else.
+    public static func initialize(at path: String, config: RepositoryConfig = .makeDefault()) throws -> Repository {
+        try config.validate(path: path)
+        if let status = try Posix.status(path, in: nil) {
+            guard status.kind == .directory else {
+                throw SnapError(.invalidInput, "\(path) exists and is not a folder; choose another repository path")
+            }
+            if try Posix.status(join(path, "config"), in: nil) != nil {
+                throw SnapError(.repositoryExists, "a repository exists already at \(path); use it, or choose another path")
+            }
+            let folder = try FileHandle.open(path, O_RDONLY | O_DIRECTORY)
+            guard try Posix.listDirectory(folder).isEmpty else {
+                throw SnapError(.invalidInput, "\(path) is not empty; create the repository in a new or empty folder")
+            }
+        } else {
+            try makeDirectories(path)
+        }
+        try Posix.setMode(path, in: nil, mode: 0o700)
+        try Posix.ensureDirectory(join(path, "objects"), in: nil)
+        try Posix.ensureDirectory(join(path, "snapshots"), in: nil)
+        // The config goes last: a folder without it is not a repository, so a failed init leaves
+        // nothing that later commands would mistake for one.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        try writeFileAtomically(join(path, "config"), Array(try encoder.encode(config)) + [0x0A])
+        return Repository(path: path, config: config)
+    }
+
+    /// Opens an existing repository, checking that this build can read its format.
+    public static func open(at path: String) throws -> Repository {
+        let configPath = join(path, "config")
+        guard let status = try? Posix.status(configPath, in: nil), status.kind == .regular else {
+            let reason = (try? Posix.status(path, in: nil)) == nil ? "does not exist" : "has no config file"
+            throw SnapError(
+                .notARepository,
+                "\(path) is not a snap repository (it \(reason)); create one with `snap init` or pass --repo"
+            )
+        }
+        let bytes = try FileHandle.open(configPath, O_RDONLY).readAll()
+        let config: RepositoryConfig
+        do {
+            config = try JSONDecoder().decode(RepositoryConfig.self, from: Data(bytes))
+        } catch {
+            throw SnapError(.notARepository, "\(configPath) is not a valid snap config; restore it from a copy of the repository")
+        }
+        try config.validate(path: path)
+        return Repository(path: path, config: config)
+    }
+
+    // MARK: Objects
+
+    /// The uncompressed content of an object, verified against its name.
+    public func loadObject(_ id: ObjectID, decompressor: ZstdDecompressor) throws -> [UInt8] {
+        switch try decodeObject(id, decompressor: decompressor) {
+        case .success(let content): return content
+        case .failure(let damage):
+            throw SnapError(.corrupt, "object \(id.hex) is damaged (\(damage.reason)); `snap check --read-data` lists what it affects")
+        }
+    }
+
+    /// Why a stored object cannot be used.
+    struct Damage: Error { var reason: String }
+
+    /// Reads and verifies an object; damage is a value, failures to read at all are thrown.
+    func decodeObject(_ id: ObjectID, decompressor: ZstdDecompressor) throws -> Result<[UInt8], Damage> {
+        let encoded = try store.get(id)
+        let content: [UInt8]
+        do {
+            content = try encoded.withUnsafeBytes { try decompressor.decompress($0, limit: maxObjectSize) }
+        } catch let error as SnapError {
+            return .failure(Damage(reason: error.message))
+        }
+        guard ObjectID(hashing: content) == id else {
+            return .failure(Damage(reason: "its content does not match its name"))
+        }
+        return .success(content)
+    }
+
+    /// No chunk of any stream kind is larger than this.
+    var maxObjectSize: Int {
+        max(config.chunker.files.maxSize, config.chunker.database.maxSize, config.chunker.tree.maxSize)
+    }
+
+    /// Every object name in the store, loaded once per run so that deduplication costs no
+    /// filesystem call per chunk.
+    public func objectNames() throws -> Set<ObjectID> {
+        var names = Set<ObjectID>()
+        try store.list { names.insert($0) }
+        return names
+    }
+
+    // MARK: Snapshots
+
+    /// Every snapshot record that parses, oldest first, and a message for each that does not.
+    public func snapshots() throws -> (snapshots: [Snapshot], problems: [String]) {
+        let folder = try FileHandle.open(snapshotsPath, O_RDONLY | O_DIRECTORY)
+        var snapshots: [Snapshot] = []
+        var problems: [String] = []
+        for rawName in try Posix.listDirectory(folder) {
+            let name = String(decoding: rawName, as: UTF8.self)
+            guard name.hasSuffix(".json"), !name.hasPrefix(".") else {
+                if !name.hasPrefix(LocalObjectStore.temporaryPrefix) {
+                    problems.append("snapshots/\(name) is not a snapshot record; move it out of the repository")
+                }
+                continue
+            }
+            let id = String(name.dropLast(5))
+            do {
+                let bytes = try FileHandle.open(name, O_RDONLY, at: folder).readAll()
+                let record: SnapshotRecord
+                do {
+                    record = try SnapshotRecord.decode(bytes)
+                } catch {
+                    throw SnapError(.corrupt, "snapshot record snapshots/\(name) is damaged (it does not parse)")
+                }
+                guard ObjectID(hashing: bytes).hex == id else {
+                    throw SnapError(.corrupt, "snapshot record snapshots/\(name) is damaged (its content does not match its name)")
+                }
+                snapshots.append(Snapshot(id: id, record: record))
+            } catch {
+                problems.append("\(error)")
+            }
+        }
+        snapshots.sort { ($0.record.time, $0.id) < ($1.record.time, $1.id) }
+        return (snapshots, problems.sorted())
+    }
+
+    /// Finds a snapshot by full id, unique prefix of at least 4 hex digits, or `latest`.
+    public func resolve(_ reference: String) throws -> Snapshot {
+        let all = try snapshots().snapshots
+        if reference == "latest" {
+            guard let last = all.last else {
+                throw SnapError(.notFound, "the repository at \(path) has no snapshots yet; take one with `snap snapshot`")
+            }
+            return last
+        }
+        let prefix = reference.lowercased()
+        guard prefix.count >= 4, prefix.count <= 64, prefix.utf8.allSatisfy({ hexValue($0) != nil }) else {
+            throw SnapError(.invalidInput, "'\(reference)' is not a snapshot id: give 4 to 64 hex digits or `latest`")
+        }
+        let matches = all.filter { $0.id.hasPrefix(prefix) }
+        switch matches.count {
+        case 1: return matches[0]
+        case 0: throw SnapError(.notFound, "no snapshot id starts with \(prefix); `snap list` shows them")
+        default:
+            let candidates = matches.map { "\($0.id) (\($0.record.time.iso8601Seconds))" }.joined(separator: ", ")
+            throw SnapError(.ambiguous, "snapshot id prefix \(prefix) is ambiguous: \(candidates); give more digits")
+        }
+    }
+
+    /// Writes a record as `snapshots/<id>.json` atomically. This is the commit point: call it only
+    /// once every object the record reaches is durable.
+    public func commit(_ record: SnapshotRecord) throws -> Snapshot {
+        let bytes = try record.encoded()
+        let id = ObjectID(hashing: bytes).hex
+        try Repository.writeFileAtomically(join(snapshotsPath, id + ".json"), bytes)
+        return Snapshot(id: id, record: record)
+    }
+
+    // MARK: Files
+
+    /// Temporary file in the same folder, fsync, rename, fsync the folder.
+    static func writeFileAtomically(_ path: String, _ bytes: [UInt8]) throws {
+        let slash = path.lastIndex(of: "/")
+        let folder = slash.map { String(path[..<$0]) } ?? "."
+        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        let temporary = join(folder, LocalObjectStore.temporaryPrefix + name + "-" + Posix.randomHex(6))
+        do {
+            let handle = try FileHandle.open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+            try handle.writeAll(bytes)
+            try handle.sync()
+            try Posix.rename(temporary, path, in: nil)
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+        try FileHandle.open(folder.isEmpty ? "/" : folder, O_RDONLY | O_DIRECTORY).sync()
+    }
+
+    /// `mkdir -p` with 0700 folders.
+    static func makeDirectories(_ path: String) throws {
+        var current = path.hasPrefix("/") ? "/" : ""
+        for component in path.split(separator: "/") {
+            current = join(current, String(component))
+            try Posix.ensureDirectory(current, in: nil)
+        }
+    }
+}

@@ -1,0 +1,233 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Puts a snapshot's storage tree back into a folder, exactly: content, modes, mtimes, empty
+/// folders and symlinks (as links, never followed).
+///
+/// Nothing is written outside the target: every path is checked before anything is written (no
+/// absolute paths, no `.` or `..`, every entry's parent an earlier folder entry of the snapshot, so
+/// nothing sits below a symlink), and folders are then opened one component at a time with
+/// `O_NOFOLLOW`, so a symlink in the target cannot redirect a write either.
+public final class Restorer {
+    public struct Statistics: Sendable {
+        public var files = 0
+        public var directories = 0
+        public var symlinks = 0
+        public var bytes: UInt64 = 0
+        public var removed = 0
+    }
+
+    let repository: Repository
+    let snapshot: Snapshot
+    let target: String
+    let clean: Bool
+    private var statistics = Statistics()
+    private let decompressor = ZstdDecompressor()
+    private var cachedParent: (path: String, handle: FileHandle)?
+
+    public init(repository: Repository, snapshot: Snapshot, target: String, clean: Bool) {
+        self.repository = repository
+        self.snapshot = snapshot
+        self.target = target
+        self.clean = clean
+    }
+
+    /// Whether the snapshot has a storage tree to restore.
+    public static func hasStorage(_ snapshot: Snapshot) -> Bool { snapshot.record.sources.storage != nil }
+
+    public func run() throws -> Statistics {
+        let reader = ManifestReader(repository: repository)
+        let expected = try validate(reader)
+        let root = try prepareTarget()
+        if clean { try removeExtras(in: root, prefix: [], expected: expected) }
+
+        var directories: [(path: String, mode: UInt32, mtime: Int64)] = []
+        try reader.forEachEntry(snapshot.record.manifest) { entry in
+            switch entry.kind {
+            case .database: return
+            case .directory:
+                directories.append((entry.path, entry.mode, entry.mtime))
+                guard entry.path != "." else { return }
+                let (parent, name) = try openParent(of: entry.path, root: root)
+                if let existing = try Posix.status(name, in: parent), existing.kind == .directory { return }
+                try Posix.makeDirectory(name, in: parent)
+                statistics.directories += 1
+            case .file:
+                let (parent, name) = try openParent(of: entry.path, root: root)
+                try restoreFile(entry, name: name, in: parent)
+                statistics.files += 1
+                statistics.bytes += entry.size
+            case .symlink:
+                let (parent, name) = try openParent(of: entry.path, root: root)
+                if try Posix.status(name, in: parent) != nil { try Posix.unlink(name, in: parent) }
+                try Posix.symlink(entry.target ?? "", name, in: parent)
+                try Posix.setModificationTime(name, in: parent, nanoseconds: entry.mtime)
+                statistics.symlinks += 1
+            }
+        }
+        cachedParent = nil
+        // Folder times last and deepest first: creating their content changed them.
+        for directory in directories.reversed() {
+            if directory.path == "." {
+                try Posix.setMode(target, in: nil, mode: directory.mode)
+                try Posix.setModificationTime(target, in: nil, nanoseconds: directory.mtime)
+            } else {
+                let (parent, name) = try openParent(of: directory.path, root: root)
+                try Posix.setMode(name, in: parent, mode: directory.mode)
+                try Posix.setModificationTime(name, in: parent, nanoseconds: directory.mtime)
+            }
+        }
+        return statistics
+    }
+
+    // MARK: Checks before writing
+
+    /// Every path of the tree, as bytes, with its kind; throws on any path that could escape.
+    private func validate(_ reader: ManifestReader) throws -> [[UInt8]: ManifestEntry.Kind] {
+        var kinds: [[UInt8]: ManifestEntry.Kind] = [:]
+        try reader.forEachEntry(snapshot.record.manifest) { entry in
+            guard entry.kind != .database else { return }
+            if entry.path == "." {
+                guard entry.kind == .directory else { throw unsafe(entry.path, "the storage root is not a folder") }
+                return
+            }
+            let components = entry.path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            for component in components {
+                let bytes = Array(component)
+                if bytes.isEmpty || bytes == [0x2E] || bytes == [0x2E, 0x2E] || bytes.contains(0) {
+                    throw unsafe(entry.path, "the path is not a plain relative path")
+                }
+            }
+            let bytes = Array(entry.path.utf8)
+            if let slash = bytes.lastIndex(of: UInt8(ascii: "/")) {
+                let parent = Array(bytes[..<slash])
+                guard kinds[parent] == .directory else {
+                    let why = kinds[parent] == .symlink ? "it lies below the symlink \(String(decoding: parent, as: UTF8.self))"
+                        : "its folder is not in the snapshot before it"
+                    throw unsafe(entry.path, why)
+                }
+            }
+            guard kinds.updateValue(entry.kind, forKey: bytes) == nil else {
+                throw unsafe(entry.path, "the path appears twice")
+            }
+        }
+        return kinds
+    }
+
+    private func unsafe(_ path: String, _ why: String) -> SnapError {
+        SnapError(.unsafePath, "refusing to restore snapshot \(snapshot.shortID): entry '\(path)' is unsafe (\(why)); nothing was written")
+    }
+
+    /// Creates the target when missing; refuses a non-empty one unless `clean`.
+    private func prepareTarget() throws -> FileHandle {
+        if let status = try Posix.status(target, in: nil) {
+            guard status.kind == .directory else {
+                throw SnapError(.invalidInput, "restore target \(target) is not a folder; name a new or empty folder")
+            }
+            let handle = try FileHandle.open(target, O_RDONLY | O_DIRECTORY)
+            if !clean, try !Posix.listDirectory(handle).isEmpty {
+                throw SnapError(
+                    .invalidInput,
+                    "restore target \(target) is not empty; name a new or empty folder, or pass --clean to make it mirror the snapshot"
+                )
+            }
+            return handle
+        }
+        try Repository.makeDirectories(target)
+        return try FileHandle.open(target, O_RDONLY | O_DIRECTORY)
+    }
+
+    /// `--clean`: removes what the snapshot does not have, and entries whose kind differs.
+    private func removeExtras(in directory: FileHandle, prefix: [UInt8], expected: [[UInt8]: ManifestEntry.Kind]) throws {
+        for name in try Posix.listDirectory(directory) {
+            let path = prefix.isEmpty ? name : prefix + [UInt8(ascii: "/")] + name
+            let nameText = String(decoding: name, as: UTF8.self)
+            guard let status = try Posix.status(nameText, in: directory) else { continue }
+            let kind: ManifestEntry.Kind? =
+                switch status.kind {
+                case .directory: .directory
+                case .regular: .file
+                case .symlink: .symlink
+                case .other: nil
+                }
+            // A name that is not UTF-8 cannot be in a snapshot; String(decoding:) would alter it.
+            let exact = String(validating: name, as: UTF8.self) != nil
+            if exact, let kind, expected[path] == kind {
+                if kind == .directory {
+                    try removeExtras(in: try FileHandle.open(nameText, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory),
+                                     prefix: path, expected: expected)
+                }
+                continue
+            }
+            try removeTree(name, in: directory)
+        }
+    }
+
+    private func removeTree(_ name: [UInt8], in directory: FileHandle) throws {
+        let text = String(decoding: name, as: UTF8.self)
+        guard String(validating: name, as: UTF8.self) != nil else {
+            throw SnapError(.invalidInput, "\(join(directory.path, text)) has a name that is not UTF-8; remove it by hand, then run the restore again")
+        }
+        if let status = try Posix.status(text, in: directory), status.kind == .directory {
+            let child = try FileHandle.open(text, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory)
+            for inner in try Posix.listDirectory(child) { try removeTree(inner, in: child) }
+            try Posix.unlink(text, in: directory, directory: true)
+        } else {
+            try Posix.unlink(text, in: directory)
+        }
+        statistics.removed += 1
+    }
+
+    // MARK: Writing
+
+    /// The folder that holds `path`, opened component by component without following symlinks.
+    private func openParent(of path: String, root: FileHandle) throws -> (FileHandle, String) {
+        guard let slash = path.lastIndex(of: "/") else { return (root, path) }
+        let parentPath = String(path[..<slash])
+        let name = String(path[path.index(after: slash)...])
+        if let cachedParent, cachedParent.path == parentPath { return (cachedParent.handle, name) }
+        var current = root
+        for component in parentPath.split(separator: "/") {
+            do {
+                current = try FileHandle.open(String(component), O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: current)
+            } catch {
+                throw SnapError(.unsafePath, "cannot restore \(path): \(parentPath) in the target is not a plain folder", cause: (error as? SnapError)?.cause)
+            }
+        }
+        cachedParent = (parentPath, current)
+        return (current, name)
+    }
+
+    /// Writes into a temporary name, then renames: a `--clean` restore never leaves a file half old.
+    private func restoreFile(_ entry: ManifestEntry, name: String, in parent: FileHandle) throws {
+        let temporary = ".snap-restore-" + Posix.randomHex(6)
+        let handle = try FileHandle.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600, at: parent)
+        do {
+            var written: UInt64 = 0
+            for id in entry.chunks {
+                let content = try repository.loadObject(id, decompressor: decompressor)
+                try handle.writeAll(content)
+                written += UInt64(content.count)
+            }
+            guard written == entry.size else {
+                throw SnapError(.corrupt, "\(entry.path): the snapshot's chunks hold \(written) bytes, the manifest says \(entry.size)")
+            }
+            guard fchmod(handle.fd, mode_t(entry.mode)) == 0 else {
+                throw SnapError(.io, "cannot set the mode of \(entry.path)", cause: Errno(errno))
+            }
+            var times = [timespec](repeating: timespec(nanoseconds: entry.mtime), count: 2)
+            guard futimens(handle.fd, &times) == 0 else {
+                throw SnapError(.io, "cannot set the time of \(entry.path)", cause: Errno(errno))
+            }
+            try Posix.rename(temporary, name, in: parent)
+        } catch {
+            unlinkat(parent.fd, temporary, 0)
+            throw error
+        }
+    }
+}

@@ -1,0 +1,228 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// A running database dump whose bytes snap reads like a pipe.
+///
+/// The PostgreSQL adapter implements it around `pg_dump`; the core only needs the bytes, the facts
+/// to record, and to learn at the end whether the dump succeeded.
+public protocol DatabaseDump: AnyObject {
+    /// Facts describing exactly the dumped state.
+    var facts: DatabaseFacts { get }
+    /// Reads up to `buffer.count` bytes of the dump; 0 at the end.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    /// Waits for the dump to end; throws when it failed, so that no snapshot is recorded.
+    func finish() throws
+}
+
+/// What to put into a new snapshot.
+public struct SnapshotOptions {
+    public var storage: String?
+    public var tags: [String]
+    public var host: String
+    public var program: String
+
+    /// This machine's host name.
+    public static var localHost: String { Posix.hostName() }
+
+    public init(storage: String?, tags: [String], host: String = SnapshotOptions.localHost, program: String) {
+        self.storage = storage
+        self.tags = tags
+        self.host = host
+        self.program = program
+    }
+}
+
+/// Builds one snapshot: the database dump stream (when given), then the storage tree, then the
+/// manifest, and last the record that commits it all.
+public final class SnapshotBuilder {
+    let repository: Repository
+    let options: SnapshotOptions
+    private var totals = SnapshotRecord.Totals()
+    private var errors: [String] = []
+    /// Called with each problem as it is found (a file that cannot be read, say).
+    public var onWarning: (String) -> Void = { _ in }
+
+    public init(repository: Repository, options: SnapshotOptions) {
+        self.repository = repository
+        self.options = options
+    }
+
+    /// Checks the inputs before anything is read or written.
+    public static func validateStorage(_ path: String) throws -> String {
+        guard let status = try? Posix.status(path, in: nil) else {
+            throw SnapError(.invalidInput, "storage folder \(path) does not exist; pass an existing folder with --storage")
+        }
+        let absolute = path.hasPrefix("/") ? path : join(FileManager.default.currentDirectoryPath, path)
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard realpath(absolute, &resolved) != nil else {
+            throw SnapError(.io, "cannot resolve storage folder \(path)", cause: Errno(errno))
+        }
+        let kind = status.kind == .symlink ? try FileHandle.open(path, O_RDONLY).status().kind : status.kind
+        guard kind == .directory else {
+            throw SnapError(.invalidInput, "storage path \(path) is not a folder; pass a folder with --storage")
+        }
+        return resolved.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    }
+
+    /// Runs the snapshot and commits it. Throws (recording nothing) when the dump fails or the
+    /// repository cannot be written; per-file read errors are recorded in the snapshot instead.
+    public func run(dump: DatabaseDump? = nil) throws -> Snapshot {
+        let storage = try options.storage.map(Self.validateStorage)
+        let objects = ObjectWriter(
+            store: repository.store, known: try repository.objectNames(),
+            compressionLevel: repository.config.compression.level)
+        let manifest = ManifestWriter(parameters: repository.config.chunker.tree, objects: objects)
+
+        // The database first, so that the files its committed rows point to are present below.
+        if let dump {
+            let chunker = StreamChunker(repository.config.chunker.database)
+            var chunks: [ObjectID] = []
+            try chunker.consume(read: { try dump.read(into: $0) }) { chunks.append(try objects.write($0)) }
+            try dump.finish()
+            guard chunker.totalBytes > 0 else {
+                throw SnapError(.invalidInput, "pg_dump produced no output; no snapshot was recorded")
+            }
+            totals.databaseBytes = chunker.totalBytes
+            try manifest.append(
+                ManifestEntry(kind: .database, path: "database.dump", mode: 0o600, mtime: Timestamp.now().nanoseconds,
+                              size: chunker.totalBytes, chunks: chunks))
+        }
+        if let storage {
+            try walkStorage(storage, objects: objects, manifest: manifest)
+        }
+
+        let manifestReference = try manifest.finish()
+        let statistics = try objects.finish()
+        totals.newObjects = statistics.newObjects
+        totals.newBytes = statistics.newBytes
+        totals.storedBytes = statistics.storedBytes
+        let record = SnapshotRecord(
+            time: Timestamp.now(), host: options.host, tags: options.tags, program: options.program,
+            sources: .init(storage: storage, database: dump?.facts),
+            manifest: manifestReference, totals: totals, errors: errors)
+        return try repository.commit(record)
+    }
+
+    // MARK: Storage tree
+
+    private func walkStorage(_ root: String, objects: ObjectWriter, manifest: ManifestWriter) throws {
+        let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
+        let status = try rootHandle.status()
+        try manifest.append(ManifestEntry(kind: .directory, path: ".", mode: status.mode, mtime: status.mtimeNanoseconds))
+        let chunker = StreamChunker(repository.config.chunker.files)
+        try walkDirectory(rootHandle, prefix: "", chunker: chunker, objects: objects, manifest: manifest)
+    }
+
+    private func warn(_ message: String) {
+        errors.append(message)
+        onWarning(message)
+    }
+
+    private func walkDirectory(
+        _ directory: FileHandle, prefix: String, chunker: StreamChunker, objects: ObjectWriter,
+        manifest: ManifestWriter
+    ) throws {
+        let names: [[UInt8]]
+        do {
+            // Byte order, not String order: two names that Unicode calls equal are still two files.
+            names = try Posix.listDirectory(directory).sorted { $0.lexicographicallyPrecedes($1) }
+        } catch {
+            warn("\(display(prefix)): cannot list the folder (\(reason(error))); its content is missing from the snapshot")
+            return
+        }
+        for rawName in names {
+            guard let name = String(validating: rawName, as: UTF8.self) else {
+                let shown = String(decoding: rawName, as: UTF8.self)
+                warn("\(display(prefix + "/" + shown)): the name is not valid UTF-8; skipped (rename it to back it up)")
+                continue
+            }
+            let path = prefix.isEmpty ? name : prefix + "/" + name
+            let status: FileStatus
+            do {
+                guard let found = try Posix.status(name, in: directory) else { continue }  // gone since the listing
+                status = found
+            } catch {
+                warn("\(path): cannot read its attributes (\(reason(error))); skipped")
+                continue
+            }
+            switch status.kind {
+            case .directory:
+                let child: FileHandle
+                do {
+                    child = try FileHandle.open(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory)
+                } catch {
+                    warn("\(path): cannot open the folder (\(reason(error))); skipped")
+                    continue
+                }
+                try manifest.append(ManifestEntry(kind: .directory, path: path, mode: status.mode, mtime: status.mtimeNanoseconds))
+                totals.directories += 1
+                try walkDirectory(child, prefix: path, chunker: chunker, objects: objects, manifest: manifest)
+            case .regular:
+                guard let entry = try readFile(name, path: path, in: directory, chunker: chunker, objects: objects) else { continue }
+                try manifest.append(entry)
+                totals.files += 1
+                totals.fileBytes += entry.size
+            case .symlink:
+                do {
+                    let target = try Posix.readLink(name, in: directory)
+                    try manifest.append(
+                        ManifestEntry(kind: .symlink, path: path, mode: status.mode, mtime: status.mtimeNanoseconds, target: target))
+                    totals.symlinks += 1
+                } catch {
+                    warn("\(path): cannot read the link (\(reason(error))); skipped")
+                }
+            case .other:
+                warn("\(path): not a regular file, folder or symlink (a socket, FIFO or device); skipped")
+            }
+        }
+    }
+
+    /// The file's entry, or nil (with a warning) when it cannot be read. Read errors in the middle
+    /// of a file leave its chunks stored but no entry: a partial file is never recorded as whole.
+    private func readFile(
+        _ name: String, path: String, in directory: FileHandle, chunker: StreamChunker, objects: ObjectWriter
+    ) throws -> ManifestEntry? {
+        let handle: FileHandle
+        let status: FileStatus
+        do {
+            handle = try FileHandle.open(name, O_RDONLY | O_NOFOLLOW, at: directory)
+            status = try handle.status()
+        } catch {
+            warn("\(path): cannot open the file (\(reason(error))); skipped")
+            return nil
+        }
+        var chunks: [ObjectID] = []
+        let before = chunker.totalBytes
+        var readFailure: (any Error)?
+        do {
+            try chunker.consume(
+                read: { buffer in
+                    do { return try handle.read(into: buffer) } catch {
+                        readFailure = error
+                        throw error
+                    }
+                },
+                onChunk: { chunks.append(try objects.write($0)) })
+        } catch {
+            guard let readFailure else { throw error }  // a repository write failed: abort the snapshot
+            warn("\(path): cannot read the file (\(reason(readFailure))); skipped")
+            try chunker.finish { _ in }
+            return nil
+        }
+        return ManifestEntry(
+            kind: .file, path: path, mode: status.mode, mtime: status.mtimeNanoseconds,
+            size: chunker.totalBytes - before, chunks: chunks)
+    }
+
+    private func display(_ path: String) -> String { path.isEmpty ? "." : path }
+
+    private func reason(_ error: any Error) -> String {
+        if let error = error as? SnapError, let cause = error.cause { return "\(cause)" }
+        return "\(error)"
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+
+/// A chunked byte stream: its length and its chunks in order.
+public struct StreamReference: Codable, Sendable, Equatable {
+    public var size: UInt64
+    public var chunks: [ObjectID]
+
+    public init(size: UInt64 = 0, chunks: [ObjectID] = []) {
+        self.size = size
+        self.chunks = chunks
+    }
+}
+
+/// `<repo>/snapshots/<id>.json`: the small record that commits a snapshot.
+///
+/// The id is the SHA-256 of the record file's bytes. Everything a snapshot holds is reached from
+/// `manifest`: the database dump stream and the storage file tree.
+public struct SnapshotRecord: Codable, Sendable, Equatable {
+    public static let currentVersion = 1
+
+    public struct Sources: Codable, Sendable, Equatable {
+        /// The absolute path of the storage folder, when one was read.
+        public var storage: String?
+        /// Facts about the dumped database, when there was one.
+        public var database: DatabaseFacts?
+
+        public init(storage: String? = nil, database: DatabaseFacts? = nil) {
+            self.storage = storage
+            self.database = database
+        }
+    }
+
+    public struct Totals: Codable, Sendable, Equatable {
+        public var files: Int = 0
+        public var directories: Int = 0
+        public var symlinks: Int = 0
+        /// Bytes of file content in the storage tree.
+        public var fileBytes: UInt64 = 0
+        /// Bytes of the database dump stream.
+        public var databaseBytes: UInt64 = 0
+        /// Objects this snapshot added to the repository.
+        public var newObjects: Int = 0
+        /// Uncompressed bytes of the objects this snapshot added.
+        public var newBytes: UInt64 = 0
+        /// Compressed bytes this snapshot added to the repository.
+        public var storedBytes: UInt64 = 0
+
+        public init() {}
+
+        enum CodingKeys: String, CodingKey {
+            case files, directories, symlinks
+            case fileBytes = "file_bytes"
+            case databaseBytes = "database_bytes"
+            case newObjects = "new_objects"
+            case newBytes = "new_bytes"
+            case storedBytes = "stored_bytes"
+        }
+    }
+
+    public var version: Int
+    public var time: Timestamp
+    public var host: String
+    public var tags: [String]
+    public var program: String
+    public var sources: Sources
+    public var manifest: StreamReference
+    public var totals: Totals
+    /// What could not be read; a snapshot with errors is still restorable for everything else.
+    public var errors: [String]
+
+    public init(
+        time: Timestamp, host: String, tags: [String], program: String, sources: Sources,
+        manifest: StreamReference, totals: Totals, errors: [String]
+    ) {
+        self.version = Self.currentVersion
+        self.time = time
+        self.host = host
+        self.tags = tags
+        self.program = program
+        self.sources = sources
+        self.manifest = manifest
+        self.totals = totals
+        self.errors = errors
+    }
+
+    /// The exact bytes written to disk: sorted keys, so the same record always has the same id.
+    public func encoded() throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        return Array(try encoder.encode(self)) + [0x0A]
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws -> SnapshotRecord {
+        try JSONDecoder().decode(SnapshotRecord.self, from: Data(bytes))
+    }
+}
+
+/// Facts about the database a dump came from, read in the dump's own transaction.
+public struct DatabaseFacts: Codable, Sendable, Equatable {
+    public var name: String
+    public var host: String?
+    public var port: String?
+    public var user: String?
+    public var serverVersion: String
+    public var serverVersionNumber: Int
+    public var encoding: String
+    public var sizeBytes: Int64
+    public var inRecovery: Bool
+    public var walPosition: String
+    public var systemIdentifier: String
+    public var pgDumpVersion: String
+
+    public init(
+        name: String, host: String?, port: String?, user: String?, serverVersion: String,
+        serverVersionNumber: Int, encoding: String, sizeBytes: Int64, inRecovery: Bool,
+        walPosition: String, systemIdentifier: String, pgDumpVersion: String
+    ) {
+        self.name = name
+        self.host = host
+        self.port = port
+        self.user = user
+        self.serverVersion = serverVersion
+        self.serverVersionNumber = serverVersionNumber
+        self.encoding = encoding
+        self.sizeBytes = sizeBytes
+        self.inRecovery = inRecovery
+        self.walPosition = walPosition
+        self.systemIdentifier = systemIdentifier
+        self.pgDumpVersion = pgDumpVersion
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, host, port, user, encoding
+        case serverVersion = "server_version"
+        case serverVersionNumber = "server_version_num"
+        case sizeBytes = "size_bytes"
+        case inRecovery = "in_recovery"
+        case walPosition = "wal_position"
+        case systemIdentifier = "system_identifier"
+        case pgDumpVersion = "pg_dump_version"
+    }
+}
+
+/// A committed snapshot: its id and record.
+public struct Snapshot: Sendable {
+    public var id: String
+    public var record: SnapshotRecord
+    public var shortID: String { String(id.prefix(8)) }
+}
+

@@ -1,0 +1,65 @@
+import Foundation
+import SnapCore
+
+/// Human-readable sizes: 1.5 MiB, 320 B.
+func formatBytes(_ bytes: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}
+
+/// JSON for `--json` output: sorted keys, so scripts and tests see a stable shape.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// The fields `snap list --json` and `snap show --json` print for a snapshot.
+struct SnapshotSummary: Encodable {
+    var id: String
+    var shortId: String
+    var time: String
+    var host: String
+    var tags: [String]
+    var storage: String?
+    var database: DatabaseFacts?
+    var totals: SnapshotRecord.Totals
+    var errors: [String]
+
+    init(_ snapshot: Snapshot) {
+        id = snapshot.id
+        shortId = snapshot.shortID
+        time = snapshot.record.time.iso8601Seconds
+        host = snapshot.record.host
+        tags = snapshot.record.tags
+        storage = snapshot.record.sources.storage
+        database = snapshot.record.sources.database
+        totals = snapshot.record.totals
+        errors = snapshot.record.errors
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, time, host, tags, storage, database, totals, errors
+        case shortId = "short_id"
+    }
+}
+
+/// Pads columns to align a table.
+func table(_ rows: [[String]]) -> String {
+    guard let first = rows.first else { return "" }
+    var widths = [Int](repeating: 0, count: first.count)
+    for row in rows {
+        for (index, cell) in row.enumerated() { widths[index] = max(widths[index], cell.count) }
+    }
+    return rows.map { row in
+        row.enumerated().map { index, cell in
+            index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+        }.joined(separator: "  ")
+    }.joined(separator: "\n")
+}

@@ -1,0 +1,103 @@
+import ArgumentParser
+import Foundation
+import SnapCore
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Exit codes, documented in the README.
+enum ExitStatus {
+    static let success: Int32 = 0
+    static let failure: Int32 = 1
+    static let usage: Int32 = 2
+    /// A snapshot was recorded, but some files could not be read (listed in the snapshot).
+    static let partialSnapshot: Int32 = 3
+}
+
+@main
+struct Snap: ParsableCommand {
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "snap",
+        abstract: "Incremental, deduplicated snapshots of a PostgreSQL database and its storage folder.",
+        discussion: """
+            The repository is --repo, else $SNAP_REPO, else /backups.
+
+            Example:
+              snap --repo /backups init
+              snap --repo /backups snapshot --no-db --storage /srv/app/storage --tag nightly
+              snap --repo /backups restore latest --no-db --storage-to /tmp/storage-restored
+            """,
+        version: version,
+        subcommands: [
+            InitCommand.self, SnapshotCommand.self, ListCommand.self, ShowCommand.self,
+            RestoreCommand.self, CheckCommand.self,
+        ]
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    static func main() {
+        // `snap export - | head` must end quietly, not die of SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let error as SnapError {
+            fail(error.description)
+        } catch let error as CommandFailure {
+            fail(error.message, status: error.status)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                exit(withError: error)  // --help, --version
+            }
+            if code == .validationFailure {
+                standardError.write(fullMessage(for: error) + "\n")
+                Foundation.exit(ExitStatus.usage)
+            }
+            fail(fullMessage(for: error), status: code.rawValue)
+        }
+    }
+
+    static func fail(_ message: String, status: Int32 = ExitStatus.failure) -> Never {
+        standardError.write("snap: error: \(message)\n")
+        Foundation.exit(status)
+    }
+}
+
+/// Options every command takes.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "The repository folder (default: $SNAP_REPO, else /backups).")
+    var repo: String?
+
+    var repositoryPath: String {
+        if let repo { return repo }
+        if let fromEnvironment = ProcessInfo.processInfo.environment["SNAP_REPO"], !fromEnvironment.isEmpty {
+            return fromEnvironment
+        }
+        return "/backups"
+    }
+
+    func openRepository() throws -> Repository {
+        try Repository.open(at: repositoryPath)
+    }
+}
+
+/// A failure that carries its own exit status and message.
+struct CommandFailure: Error {
+    var message: String
+    var status: Int32
+}
+
+/// Unbuffered writes to standard error, so messages interleave correctly with progress.
+enum standardError {
+    static func write(_ text: String) {
+        var bytes = Array(text.utf8)
+        _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}
