@@ -60,7 +60,8 @@ public struct Checker: Sendable {
             let damaged = verify(candidates)
             report.objectsChecked = candidates.count
             for (id, reason) in damaged.sorted(by: { $0.key < $1.key }) {
-                let needed = referenced.contains(id) ? "needed by \(users(of: id, needs))" : "not needed by any snapshot"
+                let needed =
+                    referenced.contains(id) ? "needed by \(users(of: id, needs))" : "not needed by any snapshot"
                 report.problems.append("object \(id.hex) is damaged (\(reason)); \(needed)")
             }
         }

@@ -19,7 +19,8 @@ public final class ZstdCompressor {
         return [UInt8](unsafeUninitializedCapacity: bound) { buffer, count in
             let written = ZSTD_compressCCtx(
                 context, buffer.baseAddress, bound, input.baseAddress, input.count, level)
-            precondition(ZSTD_isError(written) == 0, "zstd compression failed: \(String(cString: ZSTD_getErrorName(written)))")
+            precondition(
+                ZSTD_isError(written) == 0, "zstd compression failed: \(String(cString: ZSTD_getErrorName(written)))")
             count = written
         }
     }

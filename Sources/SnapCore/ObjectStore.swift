@@ -1,9 +1,10 @@
+import Synchronization
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
     import Darwin
 #endif
-import Synchronization
 
 /// Where encoded objects live. The local folder layout is the only backend today; the interface
 /// is kept this small so that another one (an object storage bucket, say) can follow.
@@ -95,7 +96,8 @@ public final class LocalObjectStore: ObjectStore {
         let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
         for folderName in try Posix.listDirectory(rootHandle).sorted(by: { $0.lexicographicallyPrecedes($1) }) {
             guard folderName.count == 2, folderName.allSatisfy({ hexValue($0) != nil }) else { continue }
-            let folder = try FileHandle.open(String(decoding: folderName, as: UTF8.self), O_RDONLY | O_DIRECTORY, at: rootHandle)
+            let folder = try FileHandle.open(
+                String(decoding: folderName, as: UTF8.self), O_RDONLY | O_DIRECTORY, at: rootHandle)
             for name in try Posix.listDirectory(folder) {
                 guard name.count == 64, let id = ObjectID(hex: String(decoding: name, as: UTF8.self)) else { continue }
                 try body(id)

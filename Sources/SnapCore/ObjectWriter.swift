@@ -75,7 +75,7 @@ public final class ObjectWriter {
             threads.append(thread)
         }
         workers = threads
-        threads.forEach { $0.start() }
+        for thread in threads { thread.start() }
     }
 
     deinit {
@@ -132,7 +132,8 @@ private final class SharedState: Sendable {
 /// A bounded FIFO whose `push` waits while full and `pop` waits while empty.
 final class BlockingQueue<Element>: @unchecked Sendable {
     private let condition = NSCondition()
-    private var items: [Element] = []
+    /// Popped slots are set to nil at once, so a batch's memory goes back as soon as it is taken.
+    private var items: [Element?] = []
     private var head = 0
     private var closed = false
     private let capacity: Int
@@ -155,6 +156,7 @@ final class BlockingQueue<Element>: @unchecked Sendable {
         while items.count == head && !closed { condition.wait() }
         guard items.count > head else { return nil }
         let element = items[head]
+        items[head] = nil
         head += 1
         if head > 64 && head * 2 > items.count {
             items.removeFirst(head)

@@ -29,7 +29,8 @@ public final class Repository: Sendable {
                 throw SnapError(.invalidInput, "\(path) exists and is not a folder; choose another repository path")
             }
             if try Posix.status(join(path, "config"), in: nil) != nil {
-                throw SnapError(.repositoryExists, "a repository exists already at \(path); use it, or choose another path")
+                throw SnapError(
+                    .repositoryExists, "a repository exists already at \(path); use it, or choose another path")
             }
             let folder = try FileHandle.open(path, O_RDONLY | O_DIRECTORY)
             guard try Posix.listDirectory(folder).isEmpty else {
@@ -64,7 +65,8 @@ public final class Repository: Sendable {
         do {
             config = try JSONDecoder().decode(RepositoryConfig.self, from: Data(bytes))
         } catch {
-            throw SnapError(.notARepository, "\(configPath) is not a valid snap config; restore it from a copy of the repository")
+            throw SnapError(
+                .notARepository, "\(configPath) is not a valid snap config; restore it from a copy of the repository")
         }
         try config.validate(path: path)
         return Repository(path: path, config: config)
@@ -77,7 +79,9 @@ public final class Repository: Sendable {
         switch try decodeObject(id, decompressor: decompressor) {
         case .success(let content): return content
         case .failure(let damage):
-            throw SnapError(.corrupt, "object \(id.hex) is damaged (\(damage.reason)); `snap check --read-data` lists what it affects")
+            throw SnapError(
+                .corrupt,
+                "object \(id.hex) is damaged (\(damage.reason)); `snap check --read-data` lists what it affects")
         }
     }
 
@@ -137,7 +141,8 @@ public final class Repository: Sendable {
                     throw SnapError(.corrupt, "snapshot record snapshots/\(name) is damaged (it does not parse)")
                 }
                 guard ObjectID(hashing: bytes).hex == id else {
-                    throw SnapError(.corrupt, "snapshot record snapshots/\(name) is damaged (its content does not match its name)")
+                    throw SnapError(
+                        .corrupt, "snapshot record snapshots/\(name) is damaged (its content does not match its name)")
                 }
                 snapshots.append(Snapshot(id: id, record: record))
             } catch {
@@ -153,7 +158,8 @@ public final class Repository: Sendable {
         let all = try snapshots().snapshots
         if reference == "latest" {
             guard let last = all.last else {
-                throw SnapError(.notFound, "the repository at \(path) has no snapshots yet; take one with `snap snapshot`")
+                throw SnapError(
+                    .notFound, "the repository at \(path) has no snapshots yet; take one with `snap snapshot`")
             }
             return last
         }

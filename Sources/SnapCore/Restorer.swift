@@ -107,7 +107,9 @@ public final class Restorer {
             if let slash = bytes.lastIndex(of: UInt8(ascii: "/")) {
                 let parent = Array(bytes[..<slash])
                 guard kinds[parent] == .directory else {
-                    let why = kinds[parent] == .symlink ? "it lies below the symlink \(String(decoding: parent, as: UTF8.self))"
+                    let why =
+                        kinds[parent] == .symlink
+                        ? "it lies below the symlink \(String(decoding: parent, as: UTF8.self))"
                         : "its folder is not in the snapshot before it"
                     throw unsafe(entry.path, why)
                 }
@@ -120,7 +122,9 @@ public final class Restorer {
     }
 
     private func unsafe(_ path: String, _ why: String) -> SnapError {
-        SnapError(.unsafePath, "refusing to restore snapshot \(snapshot.shortID): entry '\(path)' is unsafe (\(why)); nothing was written")
+        SnapError(
+            .unsafePath,
+            "refusing to restore snapshot \(snapshot.shortID): entry '\(path)' is unsafe (\(why)); nothing was written")
     }
 
     /// Creates the target when missing; refuses a non-empty one unless `clean`.
@@ -143,7 +147,8 @@ public final class Restorer {
     }
 
     /// `--clean`: removes what the snapshot does not have, and entries whose kind differs.
-    private func removeExtras(in directory: FileHandle, prefix: [UInt8], expected: [[UInt8]: ManifestEntry.Kind]) throws {
+    private func removeExtras(in directory: FileHandle, prefix: [UInt8], expected: [[UInt8]: ManifestEntry.Kind]) throws
+    {
         for name in try Posix.listDirectory(directory) {
             let path = prefix.isEmpty ? name : prefix + [UInt8(ascii: "/")] + name
             let nameText = String(decoding: name, as: UTF8.self)
@@ -159,8 +164,9 @@ public final class Restorer {
             let exact = String(validating: name, as: UTF8.self) != nil
             if exact, let kind, expected[path] == kind {
                 if kind == .directory {
-                    try removeExtras(in: try FileHandle.open(nameText, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory),
-                                     prefix: path, expected: expected)
+                    try removeExtras(
+                        in: try FileHandle.open(nameText, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory),
+                        prefix: path, expected: expected)
                 }
                 continue
             }
@@ -171,7 +177,10 @@ public final class Restorer {
     private func removeTree(_ name: [UInt8], in directory: FileHandle) throws {
         let text = String(decoding: name, as: UTF8.self)
         guard String(validating: name, as: UTF8.self) != nil else {
-            throw SnapError(.invalidInput, "\(join(directory.path, text)) has a name that is not UTF-8; remove it by hand, then run the restore again")
+            throw SnapError(
+                .invalidInput,
+                "\(join(directory.path, text)) has a name that is not UTF-8; remove it by hand, then run the restore again"
+            )
         }
         if let status = try Posix.status(text, in: directory), status.kind == .directory {
             let child = try FileHandle.open(text, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory)
@@ -196,7 +205,9 @@ public final class Restorer {
             do {
                 current = try FileHandle.open(String(component), O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: current)
             } catch {
-                throw SnapError(.unsafePath, "cannot restore \(path): \(parentPath) in the target is not a plain folder", cause: (error as? SnapError)?.cause)
+                throw SnapError(
+                    .unsafePath, "cannot restore \(path): \(parentPath) in the target is not a plain folder",
+                    cause: (error as? SnapError)?.cause)
             }
         }
         cachedParent = (parentPath, current)
@@ -215,7 +226,9 @@ public final class Restorer {
                 written += UInt64(content.count)
             }
             guard written == entry.size else {
-                throw SnapError(.corrupt, "\(entry.path): the snapshot's chunks hold \(written) bytes, the manifest says \(entry.size)")
+                throw SnapError(
+                    .corrupt,
+                    "\(entry.path): the snapshot's chunks hold \(written) bytes, the manifest says \(entry.size)")
             }
             guard fchmod(handle.fd, mode_t(entry.mode)) == 0 else {
                 throw SnapError(.io, "cannot set the mode of \(entry.path)", cause: Errno(errno))

@@ -55,7 +55,8 @@ public final class SnapshotBuilder {
     /// Checks the inputs before anything is read or written.
     public static func validateStorage(_ path: String) throws -> String {
         guard let status = try? Posix.status(path, in: nil) else {
-            throw SnapError(.invalidInput, "storage folder \(path) does not exist; pass an existing folder with --storage")
+            throw SnapError(
+                .invalidInput, "storage folder \(path) does not exist; pass an existing folder with --storage")
         }
         let absolute = path.hasPrefix("/") ? path : join(FileManager.default.currentDirectoryPath, path)
         var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
@@ -82,15 +83,16 @@ public final class SnapshotBuilder {
         if let dump {
             let chunker = StreamChunker(repository.config.chunker.database)
             var chunks: [ObjectID] = []
-            try chunker.consume(read: { try dump.read(into: $0) }) { chunks.append(try objects.write($0)) }
+            try chunker.consume(read: { try dump.read(into: $0) }, onChunk: { chunks.append(try objects.write($0)) })
             try dump.finish()
             guard chunker.totalBytes > 0 else {
                 throw SnapError(.invalidInput, "pg_dump produced no output; no snapshot was recorded")
             }
             totals.databaseBytes = chunker.totalBytes
             try manifest.append(
-                ManifestEntry(kind: .database, path: "database.dump", mode: 0o600, mtime: Timestamp.now().nanoseconds,
-                              size: chunker.totalBytes, chunks: chunks))
+                ManifestEntry(
+                    kind: .database, path: "database.dump", mode: 0o600, mtime: Timestamp.now().nanoseconds,
+                    size: chunker.totalBytes, chunks: chunks))
         }
         if let storage {
             try walkStorage(storage, objects: objects, manifest: manifest)
@@ -113,7 +115,8 @@ public final class SnapshotBuilder {
     private func walkStorage(_ root: String, objects: ObjectWriter, manifest: ManifestWriter) throws {
         let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
         let status = try rootHandle.status()
-        try manifest.append(ManifestEntry(kind: .directory, path: ".", mode: status.mode, mtime: status.mtimeNanoseconds))
+        try manifest.append(
+            ManifestEntry(kind: .directory, path: ".", mode: status.mode, mtime: status.mtimeNanoseconds))
         let chunker = StreamChunker(repository.config.chunker.files)
         try walkDirectory(rootHandle, prefix: "", chunker: chunker, objects: objects, manifest: manifest)
     }
@@ -132,7 +135,9 @@ public final class SnapshotBuilder {
             // Byte order, not String order: two names that Unicode calls equal are still two files.
             names = try Posix.listDirectory(directory).sorted { $0.lexicographicallyPrecedes($1) }
         } catch {
-            warn("\(display(prefix)): cannot list the folder (\(reason(error))); its content is missing from the snapshot")
+            warn(
+                "\(display(prefix)): cannot list the folder (\(reason(error))); its content is missing from the snapshot"
+            )
             return
         }
         for rawName in names {
@@ -159,11 +164,13 @@ public final class SnapshotBuilder {
                     warn("\(path): cannot open the folder (\(reason(error))); skipped")
                     continue
                 }
-                try manifest.append(ManifestEntry(kind: .directory, path: path, mode: status.mode, mtime: status.mtimeNanoseconds))
+                try manifest.append(
+                    ManifestEntry(kind: .directory, path: path, mode: status.mode, mtime: status.mtimeNanoseconds))
                 totals.directories += 1
                 try walkDirectory(child, prefix: path, chunker: chunker, objects: objects, manifest: manifest)
             case .regular:
-                guard let entry = try readFile(name, path: path, in: directory, chunker: chunker, objects: objects) else { continue }
+                guard let entry = try readFile(name, path: path, in: directory, chunker: chunker, objects: objects)
+                else { continue }
                 try manifest.append(entry)
                 totals.files += 1
                 totals.fileBytes += entry.size
@@ -171,7 +178,9 @@ public final class SnapshotBuilder {
                 do {
                     let target = try Posix.readLink(name, in: directory)
                     try manifest.append(
-                        ManifestEntry(kind: .symlink, path: path, mode: status.mode, mtime: status.mtimeNanoseconds, target: target))
+                        ManifestEntry(
+                            kind: .symlink, path: path, mode: status.mode, mtime: status.mtimeNanoseconds,
+                            target: target))
                     totals.symlinks += 1
                 } catch {
                     warn("\(path): cannot read the link (\(reason(error))); skipped")

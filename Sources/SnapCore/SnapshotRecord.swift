@@ -147,4 +147,3 @@ public struct Snapshot: Sendable {
     public var record: SnapshotRecord
     public var shortID: String { String(id.prefix(8)) }
 }
-

@@ -61,17 +61,21 @@ struct SnapshotCommand: ParsableCommand {
 
     func run() throws {
         let repository = try global.openRepository()
-        let storagePath = storage ?? ProcessInfo.processInfo.environment["SNAP_STORAGE"].flatMap { $0.isEmpty ? nil : $0 }
+        let storagePath =
+            storage ?? ProcessInfo.processInfo.environment["SNAP_STORAGE"].flatMap { $0.isEmpty ? nil : $0 }
         guard noDB else {
-            throw CommandFailure(message: "database snapshots are not available in this build yet; pass --no-db", status: ExitStatus.usage)
+            throw CommandFailure(
+                message: "database snapshots are not available in this build yet; pass --no-db",
+                status: ExitStatus.usage)
         }
         guard storagePath != nil else {
-            throw CommandFailure(message: "nothing to snapshot: pass --storage DIR (or set SNAP_STORAGE)", status: ExitStatus.usage)
+            throw CommandFailure(
+                message: "nothing to snapshot: pass --storage DIR (or set SNAP_STORAGE)", status: ExitStatus.usage)
         }
         let builder = SnapshotBuilder(
             repository: repository,
             options: SnapshotOptions(storage: storagePath, tags: tag, program: "snap \(Snap.version)"))
-        builder.onWarning = { standardError.write("snap: warning: \($0)\n") }
+        builder.onWarning = { StandardError.write("snap: warning: \($0)\n") }
         let snapshot = try builder.run()
         if json {
             try printJSON(SnapshotSummary(snapshot))
@@ -79,7 +83,9 @@ struct SnapshotCommand: ParsableCommand {
             print(snapshot.id)
         }
         if !snapshot.record.errors.isEmpty {
-            standardError.write("snap: snapshot \(snapshot.shortID) was recorded, but \(snapshot.record.errors.count) item(s) could not be read (see `snap show \(snapshot.shortID)`)\n")
+            StandardError.write(
+                "snap: snapshot \(snapshot.shortID) was recorded, but \(snapshot.record.errors.count) item(s) could not be read (see `snap show \(snapshot.shortID)`)\n"
+            )
             throw ExitCode(ExitStatus.partialSnapshot)
         }
     }
@@ -104,7 +110,7 @@ struct ListCommand: ParsableCommand {
     func run() throws {
         let repository = try global.openRepository()
         let (snapshots, problems) = try repository.snapshots()
-        for problem in problems { standardError.write("snap: warning: \(problem)\n") }
+        for problem in problems { StandardError.write("snap: warning: \(problem)\n") }
         if json {
             try printJSON(snapshots.map(SnapshotSummary.init))
             return
@@ -159,14 +165,22 @@ struct ShowCommand: ParsableCommand {
             "program   \(record.program)",
         ]
         if let storage = record.sources.storage {
-            lines.append("storage   \(storage): \(totals.files) files, \(totals.directories) folders, \(totals.symlinks) symlinks, \(formatBytes(totals.fileBytes))")
+            lines.append(
+                "storage   \(storage): \(totals.files) files, \(totals.directories) folders, \(totals.symlinks) symlinks, \(formatBytes(totals.fileBytes))"
+            )
         }
         if let database = record.sources.database {
-            lines.append("database  \(database.name): \(formatBytes(totals.databaseBytes)) dump, server \(database.serverVersion)")
-            lines.append("          size \(formatBytes(UInt64(max(0, database.sizeBytes)))), encoding \(database.encoding), WAL \(database.walPosition)\(database.inRecovery ? " (standby)" : "")")
+            lines.append(
+                "database  \(database.name): \(formatBytes(totals.databaseBytes)) dump, server \(database.serverVersion)"
+            )
+            lines.append(
+                "          size \(formatBytes(UInt64(max(0, database.sizeBytes)))), encoding \(database.encoding), WAL \(database.walPosition)\(database.inRecovery ? " (standby)" : "")"
+            )
             lines.append("          system id \(database.systemIdentifier), \(database.pgDumpVersion)")
         }
-        lines.append("added     \(totals.newObjects) new objects, \(formatBytes(totals.newBytes)) new data, \(formatBytes(totals.storedBytes)) stored")
+        lines.append(
+            "added     \(totals.newObjects) new objects, \(formatBytes(totals.newBytes)) new data, \(formatBytes(totals.storedBytes)) stored"
+        )
         if record.errors.isEmpty {
             lines.append("errors    none")
         } else {
@@ -198,7 +212,9 @@ struct RestoreCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Target database (libpq connection string or URI).", valueName: "conninfo"))
     var db: String?
 
-    @Option(name: .customLong("storage-to"), help: ArgumentHelp("Folder to restore the storage tree into.", valueName: "dir"))
+    @Option(
+        name: .customLong("storage-to"),
+        help: ArgumentHelp("Folder to restore the storage tree into.", valueName: "dir"))
     var storageTo: String?
 
     @Flag(name: .long, help: "Make the targets mirror the snapshot, removing what it does not have.")
@@ -223,19 +239,24 @@ struct RestoreCommand: ParsableCommand {
         let snapshot = try repository.resolve(id)
         let wantsDatabase = !noDB && snapshot.record.sources.database != nil
         if wantsDatabase {
-            throw CommandFailure(message: "database restore is not available in this build yet; pass --no-db", status: ExitStatus.usage)
+            throw CommandFailure(
+                message: "database restore is not available in this build yet; pass --no-db", status: ExitStatus.usage)
         }
         guard !noStorage else {
-            throw CommandFailure(message: "nothing to restore: both --no-db and --no-storage were given", status: ExitStatus.usage)
+            throw CommandFailure(
+                message: "nothing to restore: both --no-db and --no-storage were given", status: ExitStatus.usage)
         }
         guard Restorer.hasStorage(snapshot) else {
-            throw CommandFailure(message: "snapshot \(snapshot.shortID) has no storage folder to restore", status: ExitStatus.failure)
+            throw CommandFailure(
+                message: "snapshot \(snapshot.shortID) has no storage folder to restore", status: ExitStatus.failure)
         }
         guard let storageTo else {
-            throw CommandFailure(message: "pass --storage-to DIR to say where the storage folder goes", status: ExitStatus.usage)
+            throw CommandFailure(
+                message: "pass --storage-to DIR to say where the storage folder goes", status: ExitStatus.usage)
         }
         let statistics = try Restorer(repository: repository, snapshot: snapshot, target: storageTo, clean: clean).run()
-        var summary = "restored snapshot \(snapshot.shortID) into \(storageTo): \(statistics.files) files (\(formatBytes(statistics.bytes))), \(statistics.directories) folders, \(statistics.symlinks) symlinks"
+        var summary =
+            "restored snapshot \(snapshot.shortID) into \(storageTo): \(statistics.files) files (\(formatBytes(statistics.bytes))), \(statistics.directories) folders, \(statistics.symlinks) symlinks"
         if clean { summary += "; removed \(statistics.removed) entries the snapshot does not have" }
         print(summary)
     }
@@ -260,7 +281,9 @@ struct CheckCommand: ParsableCommand {
     @Flag(name: .customLong("read-data"), help: "Read and verify every object.")
     var readData = false
 
-    @Option(name: .customLong("read-data-subset"), help: ArgumentHelp("Read and verify a random PERCENT of the objects.", valueName: "percent"))
+    @Option(
+        name: .customLong("read-data-subset"),
+        help: ArgumentHelp("Read and verify a random PERCENT of the objects.", valueName: "percent"))
     var readDataSubset: String?
 
     func validate() throws {
@@ -287,6 +310,7 @@ struct CheckCommand: ParsableCommand {
             return
         }
         for problem in report.problems { print("error: \(problem)") }
-        throw CommandFailure(message: "the repository has \(report.problems.count) problem(s), listed above", status: ExitStatus.failure)
+        throw CommandFailure(
+            message: "the repository has \(report.problems.count) problem(s), listed above", status: ExitStatus.failure)
     }
 }

@@ -57,7 +57,7 @@ struct Snap: ParsableCommand {
                 exit(withError: error)  // --help, --version
             }
             if code == .validationFailure {
-                standardError.write(fullMessage(for: error) + "\n")
+                StandardError.write(fullMessage(for: error) + "\n")
                 Foundation.exit(ExitStatus.usage)
             }
             fail(fullMessage(for: error), status: code.rawValue)
@@ -65,7 +65,7 @@ struct Snap: ParsableCommand {
     }
 
     static func fail(_ message: String, status: Int32 = ExitStatus.failure) -> Never {
-        standardError.write("snap: error: \(message)\n")
+        StandardError.write("snap: error: \(message)\n")
         Foundation.exit(status)
     }
 }
@@ -95,7 +95,7 @@ struct CommandFailure: Error {
 }
 
 /// Unbuffered writes to standard error, so messages interleave correctly with progress.
-enum standardError {
+enum StandardError {
     static func write(_ text: String) {
         var bytes = Array(text.utf8)
         _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }

@@ -1,0 +1,190 @@
+import Foundation
+import SnapCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The result of one run of the built `snap` binary.
+struct RunResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// The `snap` executable SwiftPM built next to this test bundle.
+let snapBinary: String = {
+    if let override = ProcessInfo.processInfo.environment["SNAP_BINARY"] { return override }
+    let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("snap").path
+}()
+
+/// Runs a program to completion, capturing both outputs.
+@discardableResult
+func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], asUser user: String? = nil)
+    throws -> RunResult
+{
+    let process = Process()
+    if let user {
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
+        process.arguments = ["-u", user, "--", executable] + arguments
+    } else {
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+    }
+    var env = ProcessInfo.processInfo.environment
+    env["SNAP_REPO"] = nil
+    env["SNAP_STORAGE"] = nil
+    for (key, value) in environment { env[key] = value }
+    process.environment = env
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    // Drain both pipes while the child runs so that neither fills up.
+    final class Collected: @unchecked Sendable { var data = Data() }
+    let errData = Collected()
+    let done = DispatchSemaphore(value: 0)
+    let errHandle = err.fileHandleForReading
+    Thread {
+        errData.data = errHandle.readDataToEndOfFile()
+        done.signal()
+    }.start()
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    done.wait()
+    return RunResult(
+        status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+        stderr: String(decoding: errData.data, as: UTF8.self))
+}
+
+@discardableResult
+func snap(_ arguments: String..., environment: [String: String] = [:]) throws -> RunResult {
+    try run(snapBinary, arguments, environment: environment)
+}
+
+/// A fresh folder under the system temp folder, removed when the value goes away.
+final class TemporaryFolder {
+    let path: String
+
+    init() throws {
+        var template = Array((NSTemporaryDirectory() + "/snap-cli-XXXXXX").utf8CString)
+        guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw CocoaError(.fileWriteUnknown)
+        }
+        path = String(cString: result)
+    }
+
+    func sub(_ name: String) -> String { path + "/" + name }
+
+    deinit {
+        // Restore write permission first so that read-only test folders can be removed.
+        _ = try? run("/bin/chmod", ["-R", "u+rwx", path])
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
+
+/// One entry of a folder tree as the filesystem reports it, for entry-by-entry comparison.
+struct TreeEntry: Equatable, CustomStringConvertible {
+    var kind: String
+    var mode: UInt32
+    var mtime: Int64
+    var size: Int64
+    var content: String?  // SHA-256 of a file's bytes
+    var target: String?
+
+    var description: String {
+        "\(kind) mode=\(String(mode, radix: 8)) mtime=\(mtime) size=\(size) \(content ?? target ?? "")"
+    }
+}
+
+/// Walks `root` without following symlinks; keys are paths relative to root ("." is root itself).
+func readTree(_ root: String) throws -> [String: TreeEntry] {
+    var result: [String: TreeEntry] = [:]
+    func visit(_ relative: String) throws {
+        let full = relative == "." ? root : root + "/" + relative
+        var st = stat()
+        guard lstat(full, &st) == 0 else { throw CocoaError(.fileReadNoSuchFile) }
+        let mtime = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        let mode = UInt32(st.st_mode & 0o7777)
+        switch st.st_mode & S_IFMT {
+        case S_IFDIR:
+            // A folder's size depends on the filesystem, not on what snap restores.
+            result[relative] = TreeEntry(kind: "dir", mode: mode, mtime: mtime, size: 0)
+            for name in try FileManager.default.contentsOfDirectory(atPath: full) {
+                try visit(relative == "." ? name : relative + "/" + name)
+            }
+        case S_IFLNK:
+            let target = try FileManager.default.destinationOfSymbolicLink(atPath: full)
+            // Linux ignores a symlink's mode bits; compare what matters.
+            result[relative] = TreeEntry(kind: "symlink", mode: 0, mtime: mtime, size: 0, target: target)
+        case S_IFREG:
+            let data = try Data(contentsOf: URL(fileURLWithPath: full))
+            result[relative] = TreeEntry(
+                kind: "file", mode: mode, mtime: mtime, size: Int64(st.st_size),
+                content: ObjectID(hashing: Array(data)).hex)
+        default:
+            result[relative] = TreeEntry(kind: "other", mode: mode, mtime: mtime, size: 0)
+        }
+    }
+    try visit(".")
+    return result
+}
+
+/// A readable list of differences between two trees; empty when they are identical.
+func differences(_ expected: [String: TreeEntry], _ actual: [String: TreeEntry]) -> [String] {
+    var lines: [String] = []
+    for path in Set(expected.keys).union(actual.keys).sorted() {
+        switch (expected[path], actual[path]) {
+        case let (e?, a?) where e != a: lines.append("\(path): expected \(e), got \(a)")
+        case (_?, nil): lines.append("\(path): missing")
+        case (nil, _?): lines.append("\(path): unexpected")
+        default: break
+        }
+    }
+    return lines
+}
+
+/// Writes a file with a given mode and modification time (nanoseconds since the epoch).
+func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644, mtime: Int64? = nil) throws {
+    try Data(bytes).write(to: URL(fileURLWithPath: path))
+    chmod(path, mode)
+    if let mtime { try setTime(path, mtime) }
+}
+
+func setTime(_ path: String, _ nanoseconds: Int64) throws {
+    var times = [timespec](
+        repeating: timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000)),
+        count: 2)
+    guard utimensat(AT_FDCWD, path, &times, AT_SYMLINK_NOFOLLOW) == 0 else { throw CocoaError(.fileWriteUnknown) }
+}
+
+/// Counts the objects in a repository.
+func objectCount(_ repository: String) throws -> Int {
+    var count = 0
+    for folder in try FileManager.default.contentsOfDirectory(atPath: repository + "/objects") {
+        count += try FileManager.default.contentsOfDirectory(atPath: repository + "/objects/" + folder)
+            .filter { $0.count == 64 }.count
+    }
+    return count
+}
+
+/// Deterministic pseudo-random bytes.
+func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+    var state = seed &+ 1
+    var bytes = [UInt8](repeating: 0, count: count)
+    for index in 0..<count {
+        if index % 8 == 0 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            state = (state ^ (state >> 31)) &* 0xBF58_476D_1CE4_E5B9
+        }
+        bytes[index] = UInt8(truncatingIfNeeded: state >> (UInt64(index % 8) * 8))
+    }
+    return bytes
+}
+
+func parseJSON(_ text: String) throws -> Any {
+    try JSONSerialization.jsonObject(with: Data(text.utf8))
+}

@@ -1,0 +1,119 @@
+import Foundation
+import SnapCore
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@Suite struct CheckTests {
+    @Test func flippedByteIsFoundAndNamed() throws {
+        let folder = try TemporaryFolder()
+        let repo = folder.sub("repo")
+        let storage = folder.sub("storage")
+        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
+        try writeFile(storage + "/data.bin", pseudoRandomBytes(100_000, seed: 8))
+        try snap("--repo", repo, "init")
+        let id = try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try snap("--repo", repo, "check", "--read-data").status == 0)
+
+        // The object holding data.bin: the name is the SHA-256 of the file's bytes (one chunk).
+        let name = ObjectID(hashing: pseudoRandomBytes(100_000, seed: 8)).hex
+        let path = repo + "/objects/" + name.prefix(2) + "/" + name
+        var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes[bytes.count / 2] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+
+        #expect(try snap("--repo", repo, "check").status == 0, "structure is intact; only data is damaged")
+        let check = try snap("--repo", repo, "check", "--read-data")
+        #expect(check.status == 1)
+        #expect(check.stdout.contains(name), "\(check.stdout)")
+        #expect(check.stdout.contains(String(id.prefix(8))))
+
+        // A missing object fails the structural check and names the snapshot too.
+        try FileManager.default.removeItem(atPath: path)
+        let missing = try snap("--repo", repo, "check")
+        #expect(missing.status == 1)
+        #expect(missing.stdout.contains("\(name) is missing") && missing.stdout.contains(String(id.prefix(8))))
+    }
+
+    @Test func readDataSubsetReadsSome() throws {
+        let folder = try TemporaryFolder()
+        let repo = folder.sub("repo")
+        let storage = folder.sub("storage")
+        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
+        for index in 0..<20 { try writeFile(storage + "/f\(index)", pseudoRandomBytes(1000, seed: UInt64(index))) }
+        try snap("--repo", repo, "init")
+        try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage)
+        let check = try snap("--repo", repo, "check", "--read-data-subset", "50%")
+        #expect(check.status == 0)
+        #expect(check.stdout.contains("read 11 object(s)"), "\(check.stdout)")
+        #expect(try snap("--repo", repo, "check", "--read-data-subset", "150").status == 2)
+    }
+}
+
+@Suite struct ErrorTests {
+    @Test func badInputIsOneLineAndChangesNothing() throws {
+        let folder = try TemporaryFolder()
+        let repo = folder.sub("repo")
+
+        let notRepository = try snap("--repo", repo, "list")
+        #expect(notRepository.status == 1)
+        #expect(notRepository.stderr.contains(repo) && notRepository.stderr.contains("snap init"))
+        #expect(notRepository.stderr.split(separator: "\n").count == 1)
+        #expect(!FileManager.default.fileExists(atPath: repo))
+
+        #expect(try snap("--repo", repo, "init").status == 0)
+        let again = try snap("--repo", repo, "init")
+        #expect(again.status == 1)
+        #expect(again.stderr.contains("exists already"))
+        #expect(again.stderr.split(separator: "\n").count == 1)
+
+        let missing = try snap("--repo", repo, "snapshot", "--no-db", "--storage", folder.sub("nope"))
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains(folder.sub("nope")) && missing.stderr.contains("does not exist"))
+        #expect(missing.stderr.split(separator: "\n").count == 1)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
+        #expect(try objectCount(repo) == 0)
+
+        let environment = try snap("list", environment: ["SNAP_REPO": repo])
+        #expect(environment.status == 0)
+        #expect(environment.stdout.contains("0 snapshot(s)"))
+
+        let unknown = try snap("--repo", repo, "show", "abcd")
+        #expect(unknown.status == 1)
+        #expect(unknown.stderr.contains("no snapshot id starts with abcd"))
+    }
+
+    @Test func unreadableFilesAreRecordedAndExitThree() throws {
+        let folder = try TemporaryFolder()
+        chmod(folder.path, 0o755)
+        let repo = folder.sub("repo")
+        let storage = folder.sub("storage")
+        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
+        try writeFile(storage + "/readable.txt", Array("fine".utf8))
+        try writeFile(storage + "/locked.txt", Array("secret".utf8), mode: 0o000)
+        #expect(mkfifo(storage + "/a-fifo", 0o644) == 0)
+        // Root reads any file, so the snapshot runs as an unprivileged user when the tests are root.
+        let user: String? = getuid() == 0 ? "nobody" : nil
+        if user != nil { try run("/bin/chown", ["-R", "nobody", folder.path]) }
+
+        #expect(try run(snapBinary, ["--repo", repo, "init"], asUser: user).status == 0)
+        let result = try run(snapBinary, ["--repo", repo, "snapshot", "--no-db", "--storage", storage], asUser: user)
+        #expect(result.status == 3, "\(result.stderr)")
+        #expect(result.stderr.contains("locked.txt"))
+        #expect(result.stderr.contains("a-fifo"))
+        let id = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(id.count == 64)
+
+        let show = try run(snapBinary, ["--repo", repo, "show", id], asUser: user)
+        #expect(show.stdout.contains("locked.txt") && show.stdout.contains("errors    2"))
+        let restored = folder.sub("restored")
+        #expect(
+            try run(snapBinary, ["--repo", repo, "restore", id, "--no-db", "--storage-to", restored], asUser: user)
+                .status == 0)
+        #expect(FileManager.default.fileExists(atPath: restored + "/readable.txt"))
+        #expect(!FileManager.default.fileExists(atPath: restored + "/locked.txt"))
+    }
+}

@@ -1,0 +1,114 @@
+import Foundation
+import Testing
+
+@testable import SnapCore
+
+@Suite struct ObjectIDTests {
+    @Test func knownVector() {
+        let id = ObjectID(hashing: Array("abc".utf8))
+        #expect(id.hex == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+
+    @Test func hexRoundTrip() {
+        let id = ObjectID(hashing: pseudoRandomBytes(100, seed: 1))
+        #expect(ObjectID(hex: id.hex) == id)
+        #expect(ObjectID(hex: id.hex.uppercased()) == id)
+        #expect(ObjectID(hex: "abc") == nil)
+        #expect(ObjectID(hex: String(repeating: "g", count: 64)) == nil)
+        #expect(id.bytes.count == 32)
+    }
+
+    @Test func orderFollowsHex() {
+        let ids = (0..<50).map { ObjectID(hashing: [UInt8($0)]) }
+        #expect(ids.sorted().map(\.hex) == ids.map(\.hex).sorted())
+    }
+}
+
+@Suite struct CompressionTests {
+    @Test func roundTripIsOneStandardFrame() throws {
+        let data = Array(String(repeating: "snap snap snap ", count: 1000).utf8)
+        let frame = data.withUnsafeBytes { ZstdCompressor(level: 3).compress($0) }
+        #expect(frame.count < data.count / 10)
+        #expect(Array(frame.prefix(4)) == [0x28, 0xB5, 0x2F, 0xFD])  // zstd magic number
+        let back = try frame.withUnsafeBytes { try ZstdDecompressor().decompress($0, limit: data.count) }
+        #expect(back == data)
+    }
+
+    @Test func damagedFramesAreRejected() throws {
+        let data = pseudoRandomBytes(10_000, seed: 5)
+        let frame = data.withUnsafeBytes { ZstdCompressor(level: 3).compress($0) }
+        let decompressor = ZstdDecompressor()
+        #expect(throws: SnapError.self) {
+            _ = try Array(frame.dropLast()).withUnsafeBytes { try decompressor.decompress($0, limit: 1 << 20) }
+        }
+        #expect(throws: SnapError.self) {
+            _ = try (frame + frame).withUnsafeBytes { try decompressor.decompress($0, limit: 1 << 20) }
+        }
+        #expect(throws: SnapError.self) {
+            _ = try frame.withUnsafeBytes { try decompressor.decompress($0, limit: 100) }
+        }
+    }
+}
+
+@Suite struct ObjectStoreTests {
+    @Test func putGetContainsListDelete() throws {
+        let folder = try TemporaryFolder()
+        let store = LocalObjectStore(root: folder.path)
+        let content = Array("hello".utf8)
+        let id = ObjectID(hashing: content)
+        #expect(try !store.contains(id))
+        #expect(try store.put(id, encoded: [1, 2, 3]))
+        #expect(try store.contains(id))
+        #expect(try store.get(id) == [1, 2, 3])
+        #expect(try store.size(of: id) == 3)
+        try store.flush()
+
+        let path = folder.path + "/" + String(id.hex.prefix(2)) + "/" + id.hex
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+        let folderAttributes = try FileManager.default.attributesOfItem(
+            atPath: folder.path + "/" + String(id.hex.prefix(2)))
+        #expect((folderAttributes[.posixPermissions] as? Int) == 0o700)
+
+        // An existing object is never rewritten.
+        let inode = attributes[.systemFileNumber] as? Int
+        #expect(try !store.put(id, encoded: [9, 9, 9]))
+        #expect(try store.get(id) == [1, 2, 3])
+        #expect((try FileManager.default.attributesOfItem(atPath: path)[.systemFileNumber] as? Int) == inode)
+
+        // No temporary files are left behind, and list skips foreign names.
+        FileManager.default.createFile(
+            atPath: folder.path + "/" + String(id.hex.prefix(2)) + "/notes.txt", contents: Data())
+        var listed: [ObjectID] = []
+        try store.list { listed.append($0) }
+        #expect(listed == [id])
+        let names = try FileManager.default.contentsOfDirectory(atPath: folder.path + "/" + String(id.hex.prefix(2)))
+        #expect(!names.contains { $0.hasPrefix(LocalObjectStore.temporaryPrefix) })
+
+        try store.delete(id)
+        #expect(try !store.contains(id))
+        #expect(throws: SnapError.self) { try store.get(id) }
+    }
+
+    @Test func writerStoresEachChunkOnceAndCounts() throws {
+        let folder = try TemporaryFolder()
+        let store = LocalObjectStore(root: folder.path)
+        let writer = ObjectWriter(store: store, known: [], compressionLevel: 3, workerCount: 2, batchBytes: 10_000)
+        var ids: [ObjectID] = []
+        for index in 0..<200 {
+            let chunk = pseudoRandomBytes(1000 + index % 50, seed: UInt64(index % 50))
+            ids.append(try chunk.withUnsafeBytes { try writer.write($0) })
+        }
+        let statistics = try writer.finish()
+        #expect(statistics.chunks == 200)
+        #expect(statistics.newObjects == 50)
+        var stored = Set<ObjectID>()
+        try store.list { stored.insert($0) }
+        #expect(stored == Set(ids))
+        let decompressor = ZstdDecompressor()
+        for id in stored {
+            let content = try store.get(id).withUnsafeBytes { try decompressor.decompress($0, limit: 1 << 20) }
+            #expect(ObjectID(hashing: content) == id)
+        }
+    }
+}
