@@ -44,12 +44,18 @@ let package = Package(
             name: "SnapPostgres",
             dependencies: ["SnapCore", "CPQ"]
         ),
+        // The classic tar.gz: POSIX tar with pax headers, parallel gzip, and the readers for import.
+        .target(
+            name: "SnapArchive",
+            dependencies: ["SnapCore", "CZlib"]
+        ),
         // The thin command-line front end: parses arguments, prints results.
         .executableTarget(
             name: "snap",
             dependencies: [
                 "SnapCore",
                 "SnapPostgres",
+                "SnapArchive",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -67,6 +73,10 @@ let package = Package(
         .testTarget(
             name: "SnapPostgresTests",
             dependencies: ["SnapPostgres", "SnapCore", "SnapTestSupport"]
+        ),
+        .testTarget(
+            name: "SnapArchiveTests",
+            dependencies: ["SnapArchive", "SnapCore"]
         ),
         // End-to-end: runs the built `snap` binary.
         .testTarget(

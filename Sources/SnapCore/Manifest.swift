@@ -141,8 +141,10 @@ public struct ManifestReader {
     public func forEachEntry(_ manifest: StreamReference, _ body: (ManifestEntry) throws -> Void) throws {
         let decompressor = ZstdDecompressor()
         var pending: [UInt8] = []
+        var total: UInt64 = 0
         for id in manifest.chunks {
             let content = try repository.loadObject(id, decompressor: decompressor)
+            total += UInt64(content.count)
             var lineStart = content.startIndex
             while let newline = content[lineStart...].firstIndex(of: 0x0A) {
                 if pending.isEmpty {
@@ -157,5 +159,8 @@ public struct ManifestReader {
             pending.append(contentsOf: content[lineStart...])
         }
         guard pending.isEmpty else { throw SnapError(.corrupt, "the manifest ends in the middle of a line") }
+        guard total == manifest.size else {
+            throw SnapError(.corrupt, "the manifest holds \(total) bytes, its record says \(manifest.size)")
+        }
     }
 }

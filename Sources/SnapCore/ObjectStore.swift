@@ -49,6 +49,8 @@ public final class LocalObjectStore: ObjectStore {
         if !knownFolders.withLock({ $0.contains(folder) }) {
             try Posix.ensureDirectory(folder, in: nil)
             knownFolders.withLock { _ = $0.insert(folder) }
+            // The new folder's own entry must be durable too, or a committed object could vanish.
+            dirtyFolders.withLock { _ = $0.insert(root) }
         }
         let final = join(folder, id.hex)
         let temporary = join(folder, Self.temporaryPrefix + id.hex + "-" + Posix.randomHex(6))
@@ -95,11 +97,14 @@ public final class LocalObjectStore: ObjectStore {
     public func list(_ body: (ObjectID) throws -> Void) throws {
         let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
         for folderName in try Posix.listDirectory(rootHandle).sorted(by: { $0.lexicographicallyPrecedes($1) }) {
-            guard folderName.count == 2, folderName.allSatisfy({ hexValue($0) != nil }) else { continue }
+            guard folderName.count == 2, folderName.allSatisfy(isLowercaseHex) else { continue }
             let folder = try FileHandle.open(
                 String(decoding: folderName, as: UTF8.self), O_RDONLY | O_DIRECTORY, at: rootHandle)
             for name in try Posix.listDirectory(folder) {
-                guard name.count == 64, let id = ObjectID(hex: String(decoding: name, as: UTF8.self)) else { continue }
+                // Only names a lookup would find: lowercase, in the folder of their first two digits.
+                guard name.count == 64, name.allSatisfy(isLowercaseHex), name.starts(with: folderName),
+                    let id = ObjectID(hex: String(decoding: name, as: UTF8.self))
+                else { continue }
                 try body(id)
             }
         }
@@ -119,4 +124,8 @@ public final class LocalObjectStore: ObjectStore {
             try FileHandle.open(folder, O_RDONLY | O_DIRECTORY).sync()
         }
     }
+}
+
+private func isLowercaseHex(_ byte: UInt8) -> Bool {
+    (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
 }

@@ -46,7 +46,7 @@ public final class Repository: Sendable {
         // nothing that later commands would mistake for one.
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-        try writeFileAtomically(join(path, "config"), Array(try encoder.encode(config)) + [0x0A])
+        try writeFileAtomically(join(path, "config"), Array(try encoder.encode(config)) + [0x0A], replace: false)
         return Repository(path: path, config: config)
     }
 
@@ -140,6 +140,12 @@ public final class Repository: Sendable {
                 } catch {
                     throw SnapError(.corrupt, "snapshot record snapshots/\(name) is damaged (it does not parse)")
                 }
+                guard record.version <= SnapshotRecord.currentVersion else {
+                    throw SnapError(
+                        .unsupportedFormat,
+                        "snapshot record snapshots/\(name) has format version \(record.version), newer than this snap supports; upgrade snap"
+                    )
+                }
                 guard ObjectID(hashing: bytes).hex == id else {
                     throw SnapError(
                         .corrupt, "snapshot record snapshots/\(name) is damaged (its content does not match its name)")
@@ -188,8 +194,9 @@ public final class Repository: Sendable {
 
     // MARK: Files
 
-    /// Temporary file in the same folder, fsync, rename, fsync the folder.
-    static func writeFileAtomically(_ path: String, _ bytes: [UInt8]) throws {
+    /// Temporary file in the same folder, fsync, rename (or, with `replace: false`, link, which
+    /// fails rather than replaces an existing file), fsync the folder.
+    static func writeFileAtomically(_ path: String, _ bytes: [UInt8], replace: Bool = true) throws {
         let slash = path.lastIndex(of: "/")
         let folder = slash.map { String(path[..<$0]) } ?? "."
         let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
@@ -198,7 +205,18 @@ public final class Repository: Sendable {
             let handle = try FileHandle.open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
             try handle.writeAll(bytes)
             try handle.sync()
-            try Posix.rename(temporary, path, in: nil)
+            if replace {
+                try Posix.rename(temporary, path, in: nil)
+            } else {
+                guard link(temporary, path) == 0 else {
+                    let failure = errno
+                    if failure == EEXIST {
+                        throw SnapError(.repositoryExists, "\(path) exists already; nothing was changed")
+                    }
+                    throw SnapError(.io, "cannot create \(path)", cause: Errno(failure))
+                }
+                unlink(temporary)
+            }
         } catch {
             unlink(temporary)
             throw error

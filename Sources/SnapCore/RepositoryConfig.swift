@@ -37,7 +37,7 @@ public struct RepositoryConfig: Codable, Sendable, Equatable {
             hash: "sha256",
             compression: Compression(algorithm: "zstd", level: compressionLevel),
             chunker: Chunking(
-                algorithm: "fastcdc-2020-nc2",
+                algorithm: "snap-fastcdc-1",
                 gearSeed: "0x736e6170",
                 files: .files,
                 database: .database,
@@ -50,13 +50,14 @@ public struct RepositoryConfig: Codable, Sendable, Equatable {
         guard format == "snap-repository" else {
             throw SnapError(.notARepository, "\(path) is not a snap repository config (format \(format))")
         }
-        guard version <= Self.currentVersion else {
+        guard version >= 1, version <= Self.currentVersion else {
             throw SnapError(
                 .unsupportedFormat,
                 "repository format version \(version) at \(path) is newer than this snap supports (\(Self.currentVersion)); upgrade snap"
             )
         }
-        guard hash == "sha256", compression.algorithm == "zstd", chunker.algorithm == "fastcdc-2020-nc2",
+        guard hash == "sha256", compression.algorithm == "zstd", chunker.algorithm == "snap-fastcdc-1",
+            chunker.gearSeed == "0x736e6170",
             (1...22).contains(compression.level)
         else {
             throw SnapError(.unsupportedFormat, "repository at \(path) uses settings this snap does not know")

@@ -90,12 +90,17 @@ public final class Restorer {
     /// Every path of the tree, as bytes, with its kind; throws on any path that could escape.
     private func validate(_ reader: ManifestReader) throws -> [[UInt8]: ManifestEntry.Kind] {
         var kinds: [[UInt8]: ManifestEntry.Kind] = [:]
+        var sawRoot = false
         try reader.forEachEntry(snapshot.record.manifest) { entry in
             guard entry.kind != .database else { return }
             if entry.path == "." {
-                guard entry.kind == .directory else { throw unsafe(entry.path, "the storage root is not a folder") }
+                guard entry.kind == .directory, !sawRoot else {
+                    throw unsafe(entry.path, "the storage root is not a single folder entry")
+                }
+                sawRoot = true
                 return
             }
+            guard sawRoot else { throw unsafe(entry.path, "it comes before the storage root") }
             let components = entry.path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
             for component in components {
                 let bytes = Array(component)

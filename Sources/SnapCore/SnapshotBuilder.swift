@@ -73,6 +73,8 @@ public final class SnapshotBuilder {
     /// Runs the snapshot and commits it. Throws (recording nothing) when the dump fails or the
     /// repository cannot be written; per-file read errors are recorded in the snapshot instead.
     public func run(dump: DatabaseDump? = nil) throws -> Snapshot {
+        // A snapshot is dated when it starts: the dump's transaction and the file walk begin then.
+        let started = Timestamp.now()
         let storage = try options.storage.map(Self.validateStorage)
         let objects = ObjectWriter(
             store: repository.store, known: try repository.objectNames(),
@@ -91,7 +93,7 @@ public final class SnapshotBuilder {
             totals.databaseBytes = chunker.totalBytes
             try manifest.append(
                 ManifestEntry(
-                    kind: .database, path: "database.dump", mode: 0o600, mtime: Timestamp.now().nanoseconds,
+                    kind: .database, path: "database.dump", mode: 0o600, mtime: started.nanoseconds,
                     size: chunker.totalBytes, chunks: chunks))
         }
         if let storage {
@@ -104,7 +106,7 @@ public final class SnapshotBuilder {
         totals.newBytes = statistics.newBytes
         totals.storedBytes = statistics.storedBytes
         let record = SnapshotRecord(
-            time: Timestamp.now(), host: options.host, tags: options.tags, program: options.program,
+            time: started, host: options.host, tags: options.tags, program: options.program,
             sources: .init(storage: storage, database: dump?.facts),
             manifest: manifestReference, totals: totals, errors: errors)
         return try repository.commit(record)

@@ -16,8 +16,46 @@ struct InitCommand: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
+    @Option(name: .customLong("compression-level"), help: "zstd level for every object, 1 to 19.")
+    var compressionLevel: Int = 3
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Chunk sizes for one stream kind (files, database or tree), e.g. database=16K,64K,256K; repeatable.",
+            valueName: "kind=min,avg,max"))
+    var chunker: [String] = []
+
+    func validate() throws {
+        guard (1...19).contains(compressionLevel) else {
+            throw ValidationError("--compression-level must be from 1 to 19")
+        }
+        _ = try configuration()
+    }
+
+    /// The default configuration with the user's overrides applied.
+    private func configuration() throws -> RepositoryConfig {
+        var config = RepositoryConfig.makeDefault(compressionLevel: compressionLevel)
+        for setting in chunker {
+            let parts = setting.split(separator: "=", maxSplits: 1).map(String.init)
+            let sizes = parts.count == 2 ? parts[1].split(separator: ",").compactMap { parseSize(String($0)) } : []
+            guard parts.count == 2, sizes.count == 3 else {
+                throw ValidationError("--chunker \(setting): write it as KIND=MIN,AVG,MAX, e.g. database=16K,64K,256K")
+            }
+            let parameters = ChunkerParameters(minSize: sizes[0], averageSize: sizes[1], maxSize: sizes[2])
+            do { try parameters.validate() } catch { throw ValidationError("--chunker \(setting): \(error)") }
+            switch parts[0] {
+            case "files": config.chunker.files = parameters
+            case "database": config.chunker.database = parameters
+            case "tree": config.chunker.tree = parameters
+            default: throw ValidationError("--chunker \(setting): the kind is files, database or tree")
+            }
+        }
+        return config
+    }
+
     func run() throws {
-        let repository = try Repository.initialize(at: global.repositoryPath)
+        let repository = try Repository.initialize(at: global.repositoryPath, config: try configuration())
         print("created snap repository \(repository.config.id) at \(repository.path)")
     }
 }

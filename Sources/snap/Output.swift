@@ -63,3 +63,12 @@ func table(_ rows: [[String]]) -> String {
         }.joined(separator: "  ")
     }.joined(separator: "\n")
 }
+
+/// Parses sizes like 65536, 64K, 4M or 1G (binary units).
+func parseSize(_ text: String) -> Int? {
+    let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+    if let last = text.uppercased().last, let unit = units[last] {
+        return Int(text.dropLast()).map { $0 * unit }
+    }
+    return Int(text)
+}

@@ -1,0 +1,1 @@
+// The classic tar.gz codec.
