@@ -40,11 +40,22 @@ public final class Restorer {
     /// Whether the snapshot has a storage tree to restore.
     public static func hasStorage(_ snapshot: Snapshot) -> Bool { snapshot.record.sources.storage != nil }
 
+    private var expected: [[UInt8]: ManifestEntry.Kind]?
+
+    /// Checks everything that can be checked before writing: every path of the snapshot is safe,
+    /// and the target is a folder that is missing or empty (unless `clean`). Throws with nothing
+    /// written. `run` calls it when it has not been called.
+    public func prepare() throws {
+        guard expected == nil else { return }
+        try checkTarget()
+        expected = try validate(ManifestReader(repository: repository))
+    }
+
     public func run() throws -> Statistics {
+        try prepare()
         let reader = ManifestReader(repository: repository)
-        let expected = try validate(reader)
         let root = try prepareTarget()
-        if clean { try removeExtras(in: root, prefix: [], expected: expected) }
+        if clean { try removeExtras(in: root, prefix: [], expected: expected ?? [:]) }
 
         var directories: [(path: String, mode: UInt32, mtime: Int64)] = []
         try reader.forEachEntry(snapshot.record.manifest) { entry in
@@ -132,22 +143,23 @@ public final class Restorer {
             "refusing to restore snapshot \(snapshot.shortID): entry '\(path)' is unsafe (\(why)); nothing was written")
     }
 
-    /// Creates the target when missing; refuses a non-empty one unless `clean`.
-    private func prepareTarget() throws -> FileHandle {
-        if let status = try Posix.status(target, in: nil) {
-            guard status.kind == .directory else {
-                throw SnapError(.invalidInput, "restore target \(target) is not a folder; name a new or empty folder")
-            }
-            let handle = try FileHandle.open(target, O_RDONLY | O_DIRECTORY)
-            if !clean, try !Posix.listDirectory(handle).isEmpty {
-                throw SnapError(
-                    .invalidInput,
-                    "restore target \(target) is not empty; name a new or empty folder, or pass --clean to make it mirror the snapshot"
-                )
-            }
-            return handle
+    /// Refuses a target that is not a folder, or a non-empty one unless `clean`.
+    private func checkTarget() throws {
+        guard let status = try Posix.status(target, in: nil) else { return }
+        guard status.kind == .directory else {
+            throw SnapError(.invalidInput, "restore target \(target) is not a folder; name a new or empty folder")
         }
-        try Repository.makeDirectories(target)
+        if !clean, try !Posix.listDirectory(try FileHandle.open(target, O_RDONLY | O_DIRECTORY)).isEmpty {
+            throw SnapError(
+                .invalidInput,
+                "restore target \(target) is not empty; name a new or empty folder, or pass --clean to make it mirror the snapshot"
+            )
+        }
+    }
+
+    /// Opens the target, creating it when missing.
+    private func prepareTarget() throws -> FileHandle {
+        if try Posix.status(target, in: nil) == nil { try Repository.makeDirectories(target) }
         return try FileHandle.open(target, O_RDONLY | O_DIRECTORY)
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SnapCore
+import SnapPostgres
 
 struct InitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -65,11 +66,16 @@ struct SnapshotCommand: ParsableCommand {
         commandName: "snapshot",
         abstract: "Dump the database and read the storage folder into a new snapshot.",
         discussion: """
-            Prints the new snapshot's id. Files that cannot be read are named on stderr and listed
-            in the snapshot; the command then exits 3.
+            Dumps the database with pg_dump (custom format, uncompressed, in one REPEATABLE READ
+            snapshot), then reads the storage folder, and prints the new snapshot's id. Without
+            --db, libpq's environment (PGHOST, PGPORT, PGUSER, PGDATABASE, PGSERVICE, PGPASSFILE...)
+            decides, as with psql. A failed dump records nothing. Files that cannot be read are named
+            on stderr and listed in the snapshot; the command then exits 3.
 
-            Example:
-              snap snapshot --no-db --storage /srv/app/storage --tag hourly
+            Examples:
+              snap snapshot --db "host=/run/postgresql dbname=app" --storage /srv/app/storage --tag hourly
+              snap snapshot --db postgresql://backup@db.internal/app --storage /srv/app/storage
+              snap snapshot --no-db --storage /srv/app/storage
             """
     )
 
@@ -101,20 +107,18 @@ struct SnapshotCommand: ParsableCommand {
         let repository = try global.openRepository()
         let storagePath =
             storage ?? ProcessInfo.processInfo.environment["SNAP_STORAGE"].flatMap { $0.isEmpty ? nil : $0 }
-        guard noDB else {
+        guard !noDB || storagePath != nil else {
             throw CommandFailure(
-                message: "database snapshots are not available in this build yet; pass --no-db",
-                status: ExitStatus.usage)
+                message: "nothing to snapshot: --no-db needs --storage DIR (or SNAP_STORAGE)", status: ExitStatus.usage)
         }
-        guard storagePath != nil else {
-            throw CommandFailure(
-                message: "nothing to snapshot: pass --storage DIR (or set SNAP_STORAGE)", status: ExitStatus.usage)
-        }
+        // Check the folder before connecting, so that bad input never starts a dump.
+        if let storagePath { _ = try SnapshotBuilder.validateStorage(storagePath) }
         let builder = SnapshotBuilder(
             repository: repository,
             options: SnapshotOptions(storage: storagePath, tags: tag, program: "snap \(Snap.version)"))
         builder.onWarning = { StandardError.write("snap: warning: \($0)\n") }
-        let snapshot = try builder.run()
+        let dump = noDB ? nil : try DumpSession(conninfo: db, options: DumpOptions(applicationName: "snap"))
+        let snapshot = try builder.run(dump: dump)
         if json {
             try printJSON(SnapshotSummary(snapshot))
         } else {
@@ -214,7 +218,8 @@ struct ShowCommand: ParsableCommand {
             lines.append(
                 "          size \(formatBytes(UInt64(max(0, database.sizeBytes)))), encoding \(database.encoding), WAL \(database.walPosition)\(database.inRecovery ? " (standby)" : "")"
             )
-            lines.append("          system id \(database.systemIdentifier), \(database.pgDumpVersion)")
+            lines.append(
+                "          system id \(database.systemIdentifier), dumped by pg_dump \(database.pgDumpVersion)")
         }
         lines.append(
             "added     \(totals.newObjects) new objects, \(formatBytes(totals.newBytes)) new data, \(formatBytes(totals.storedBytes)) stored"
@@ -234,11 +239,21 @@ struct RestoreCommand: ParsableCommand {
         commandName: "restore",
         abstract: "Bring back a snapshot exactly.",
         discussion: """
-            The target folder must be missing or empty unless --clean is given; with --clean it ends
-            up exactly as in the snapshot (files the snapshot does not have are removed).
+            The database streams from the repository into pg_restore --exit-on-error (with --jobs
+            above 1 it is first written to a temporary file in $TMPDIR, since a parallel restore
+            needs a seekable file), then snap runs ANALYZE and prints what it restored. Without --db,
+            libpq's environment names the target database, as with psql. The storage folder is
+            restored at the same time.
 
-            Example:
-              snap restore latest --no-db --storage-to /srv/app/storage-restored
+            Targets must be empty (a database with no user objects; a missing or empty folder)
+            unless --clean is given. With --clean the database is dropped and created again from
+            template0, and the folder is made to mirror the snapshot: nothing newer survives.
+
+            Examples:
+              snap restore latest --db "dbname=app_restored" --storage-to /srv/app/storage-restored
+              snap restore 3fa9 --db "dbname=app" --storage-to /srv/app/storage --clean --jobs 4
+              snap restore latest --no-db --storage-to /tmp/storage
+              snap restore latest --db "dbname=app_copy" --no-storage --no-owner
             """
     )
 
@@ -267,6 +282,12 @@ struct RestoreCommand: ParsableCommand {
     @Flag(name: .customLong("no-storage"), help: "Do not restore the storage folder.")
     var noStorage = false
 
+    @Flag(name: .customLong("no-owner"), help: "pg_restore --no-owner: the restoring role owns every object.")
+    var noOwner = false
+
+    @Flag(name: .customLong("no-acl"), help: "pg_restore --no-acl: skip GRANT and REVOKE.")
+    var noACL = false
+
     func validate() throws {
         if jobs < 1 { throw ValidationError("--jobs must be at least 1") }
         if noStorage && storageTo != nil { throw ValidationError("--storage-to and --no-storage exclude each other") }
@@ -275,29 +296,98 @@ struct RestoreCommand: ParsableCommand {
     func run() throws {
         let repository = try global.openRepository()
         let snapshot = try repository.resolve(id)
-        let wantsDatabase = !noDB && snapshot.record.sources.database != nil
-        if wantsDatabase {
+        let hasDatabase = snapshot.record.sources.database != nil
+        let hasStorage = Restorer.hasStorage(snapshot)
+        if db != nil && !hasDatabase {
             throw CommandFailure(
-                message: "database restore is not available in this build yet; pass --no-db", status: ExitStatus.usage)
+                message: "snapshot \(snapshot.shortID) has no database; leave out --db", status: ExitStatus.usage)
         }
-        guard !noStorage else {
+        if storageTo != nil && !hasStorage {
             throw CommandFailure(
-                message: "nothing to restore: both --no-db and --no-storage were given", status: ExitStatus.usage)
+                message: "snapshot \(snapshot.shortID) has no storage folder; leave out --storage-to",
+                status: ExitStatus.usage)
         }
-        guard Restorer.hasStorage(snapshot) else {
+        let restoreDatabase = hasDatabase && !noDB
+        let restoreStorage = hasStorage && !noStorage
+        if restoreStorage && storageTo == nil {
             throw CommandFailure(
-                message: "snapshot \(snapshot.shortID) has no storage folder to restore", status: ExitStatus.failure)
+                message: "snapshot \(snapshot.shortID) has a storage folder: pass --storage-to DIR, or --no-storage",
+                status: ExitStatus.usage)
         }
-        guard let storageTo else {
+        guard restoreDatabase || restoreStorage else {
             throw CommandFailure(
-                message: "pass --storage-to DIR to say where the storage folder goes", status: ExitStatus.usage)
+                message: "nothing to restore from snapshot \(snapshot.shortID)", status: ExitStatus.usage)
         }
-        let statistics = try Restorer(repository: repository, snapshot: snapshot, target: storageTo, clean: clean).run()
-        var summary =
-            "restored snapshot \(snapshot.shortID) into \(storageTo): \(statistics.files) files (\(formatBytes(statistics.bytes))), \(statistics.directories) folders, \(statistics.symlinks) symlinks"
-        if clean { summary += "; removed \(statistics.removed) entries the snapshot does not have" }
-        print(summary)
+
+        // Every check before any change: the folder, the snapshot's paths, then the database.
+        var files: Restorer?
+        if restoreStorage, let storageTo {
+            files = Restorer(repository: repository, snapshot: snapshot, target: storageTo, clean: clean)
+            try files?.prepare()
+        }
+        let database = restoreDatabase ? try prepareDatabase(repository, snapshot) : nil
+
+        // The folder is restored on its own thread while pg_restore runs.
+        let storageResult = StorageRestoreResult()
+        let storageDone = DispatchSemaphore(value: 0)
+        if let files {
+            // Handed over whole: this thread does not touch `files` again.
+            nonisolated(unsafe) let restorer = files
+            Thread {
+                storageResult.set(Result { try restorer.run() })
+                storageDone.signal()
+            }.start()
+        } else {
+            storageDone.signal()
+        }
+        let databaseResult = Result { try database.map { try $0() } }
+        storageDone.wait()
+
+        if case .success(let summary?) = databaseResult {
+            print(
+                "restored database \(summary.database): \(summary.tables) tables, about \(summary.rows) rows (analyzed)"
+            )
+        }
+        if case .success(let statistics)? = storageResult.get(), let storageTo {
+            var line =
+                "restored storage into \(storageTo): \(statistics.files) files (\(formatBytes(statistics.bytes))), \(statistics.directories) folders, \(statistics.symlinks) symlinks"
+            if clean { line += "; removed \(statistics.removed) entries the snapshot does not have" }
+            print(line)
+        }
+        if case .failure(let error) = databaseResult { throw error }
+        if case .failure(let error)? = storageResult.get() {
+            throw CommandFailure(
+                message:
+                    "storage restore into \(storageTo ?? "") failed: \(error); the folder is partly restored, run the restore again with --clean",
+                status: ExitStatus.failure)
+        }
     }
+
+    /// Connects to the target and checks it; returns the step that restores into it.
+    private func prepareDatabase(_ repository: Repository, _ snapshot: Snapshot) throws -> () throws -> RestoreSummary {
+        guard let entry = try ManifestReader(repository: repository).databaseEntry(snapshot.record.manifest) else {
+            throw SnapError(.corrupt, "snapshot \(snapshot.shortID) records a database but its manifest has no dump")
+        }
+        let options = RestoreOptions(
+            jobs: jobs, noOwner: noOwner, noACL: noACL, dumpFacts: snapshot.record.sources.database,
+            applicationName: "snap")
+        let target = try DumpRestore(conninfo: db, options: options)
+        if !clean { try target.requireEmpty() }
+        return {
+            if clean { try target.recreateDatabase() }
+            let stream = StreamReader(repository: repository, chunks: entry.chunks, size: entry.size)
+            return try target.restore(reading: { try stream.read(into: $0) })
+        }
+    }
+}
+
+/// The storage thread's outcome, handed back to the main thread.
+private final class StorageRestoreResult: @unchecked Sendable {
+    private let lock = NSLock()
+    private var result: Result<Restorer.Statistics, any Error>?
+
+    func set(_ value: Result<Restorer.Statistics, any Error>) { lock.withLock { result = value } }
+    func get() -> Result<Restorer.Statistics, any Error>? { lock.withLock { result } }
 }
 
 struct CheckCommand: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SnapCore
+import SnapPostgres
 
 #if canImport(Glibc)
     import Glibc
@@ -48,6 +49,8 @@ struct Snap: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
         } catch let error as SnapError {
+            fail(error.description)
+        } catch let error as PostgresError {
             fail(error.description)
         } catch let error as CommandFailure {
             fail(error.message, status: error.status)

@@ -1,0 +1,296 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// How a child process ended.
+public enum Termination: Equatable, Sendable, CustomStringConvertible {
+    case exited(Int32)
+    case signaled(Int32)
+
+    public var succeeded: Bool { self == .exited(0) }
+
+    public var description: String {
+        switch self {
+        case .exited(let code): "exit status \(code)"
+        case .signaled(let signal):
+            "killed by signal \(signal)" + (strsignal(signal).map { " (\(String(cString: $0)))" } ?? "")
+        }
+    }
+}
+
+/// A pg_dump or pg_restore child, started with posix_spawn, with its stderr kept in a bounded
+/// buffer.
+///
+/// Its stdin, stdout and stderr are Unix socket pairs rather than pipes: they can be created
+/// close-on-exec in one call (Swift's Glibc module lacks the GNU `pipe2`), and writing to a
+/// child that is gone fails with EPIPE under MSG_NOSIGNAL instead of killing us with SIGPIPE. A
+/// child writing to a closed socket still gets SIGPIPE, as with a pipe.
+///
+/// Single-threaded on purpose: every read of stdout and write to stdin polls stderr too, so a
+/// child that writes a lot of stderr can never block while we wait for its stdout (or the other
+/// way round), without a helper thread. Our pipe ends are close-on-exec, so a second child started
+/// meanwhile (tests run in parallel) cannot hold them open and hide an end of file.
+final class ChildProcess {
+    enum Input {
+        /// /dev/null.
+        case none
+        /// A stream we write with `write(_:)`.
+        case stream
+    }
+
+    let name: String
+    let pid: pid_t
+    private var inputFD: Int32 = -1
+    private var outputFD: Int32 = -1
+    private var errorFD: Int32 = -1
+    private var errorTail: [UInt8] = []
+    private let errorLimit: Int
+    private var termination: Termination?
+    /// True once stdout reached its end.
+    private(set) var outputEnded = false
+
+    /// Starts `executable` (an absolute path) with `arguments` (without argv[0]) and exactly
+    /// `environment`. stdout is a pipe for `read(into:)` when `captureOutput`, else /dev/null.
+    init(
+        name: String, executable: String, arguments: [String], environment: [String: String], input: Input,
+        captureOutput: Bool, errorLimit: Int = 64 * 1024
+    ) throws {
+        self.name = name
+        self.errorLimit = errorLimit
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+
+        var childEnds: [Int32] = []
+        var parentEnds: [Int32] = []
+        defer { for item in childEnds { Glibc.close(item) } }
+        func fail(_ what: String, _ code: Int32) -> PostgresError {
+            for item in parentEnds { Glibc.close(item) }
+            return PostgresError(.process, "cannot start \(name): \(what)", cause: PosixError(code))
+        }
+
+        switch input {
+        case .none:
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        case .stream:
+            guard let pair = makeChannel() else { throw fail("socketpair", errno) }
+            inputFD = pair.parent
+            parentEnds.append(pair.parent)
+            childEnds.append(pair.child)
+            shutdown(pair.parent, Int32(SHUT_RD))
+            posix_spawn_file_actions_adddup2(&actions, pair.child, 0)
+        }
+        if captureOutput {
+            guard let pair = makeChannel() else { throw fail("socketpair", errno) }
+            outputFD = pair.parent
+            parentEnds.append(pair.parent)
+            childEnds.append(pair.child)
+            shutdown(pair.parent, Int32(SHUT_WR))
+            posix_spawn_file_actions_adddup2(&actions, pair.child, 1)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        }
+        guard let errorPair = makeChannel() else { throw fail("socketpair", errno) }
+        errorFD = errorPair.parent
+        parentEnds.append(errorPair.parent)
+        childEnds.append(errorPair.child)
+        shutdown(errorPair.parent, Int32(SHUT_WR))
+        posix_spawn_file_actions_adddup2(&actions, errorPair.child, 2)
+        // Descriptors other code in this process opened without close-on-exec stay with us.
+        if let addCloseFrom { _ = addCloseFrom(&actions, 3) }
+
+        // A parent that ignores SIGPIPE or blocks signals must not pass that on: pg_dump has to
+        // die when its reader goes away.
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in [SIGPIPE, SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGCHLD] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        posix_spawnattr_setsigmask(&attributes, &mask)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+
+        let argv = [executable] + arguments
+        let envp = environment.map { "\($0.key)=\($0.value)" }.sorted()
+        var childPID: pid_t = 0
+        let status = withMutableCStringArray(argv) { argv in
+            withMutableCStringArray(envp) { envp in
+                posix_spawn(&childPID, executable, &actions, &attributes, argv, envp)
+            }
+        }
+        guard status == 0 else { throw fail("\(executable)", status) }
+        pid = childPID
+    }
+
+    deinit {
+        if termination == nil {
+            kill(pid, SIGTERM)
+            _ = wait()
+        }
+        closeInput()
+        closeOutput()
+        if errorFD >= 0 { Glibc.close(errorFD) }
+    }
+
+    /// The last bytes (up to the limit) the child wrote to stderr, as text.
+    var errorText: String { String(decoding: errorTail, as: UTF8.self) }
+
+    /// Reads up to `buffer.count` bytes of the child's stdout; 0 at its end.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        precondition(outputFD >= 0 || outputEnded, "\(name): stdout is not captured")
+        if outputEnded || buffer.count == 0 { return 0 }
+        while true {
+            var fds = [pollfd(fd: outputFD, events: Int16(POLLIN), revents: 0)]
+            if errorFD >= 0 { fds.append(pollfd(fd: errorFD, events: Int16(POLLIN), revents: 0)) }
+            guard poll(&fds, nfds_t(fds.count), -1) >= 0 else {
+                if errno == EINTR { continue }
+                throw PostgresError(.process, "cannot read the output of \(name)", cause: PosixError(errno))
+            }
+            if fds.count > 1, fds[1].revents != 0 { drainError() }
+            guard fds[0].revents != 0 else { continue }
+            let count = Glibc.read(outputFD, buffer.baseAddress, buffer.count)
+            if count < 0 {
+                if errno == EINTR || errno == EAGAIN { continue }
+                throw PostgresError(.process, "cannot read the output of \(name)", cause: PosixError(errno))
+            }
+            if count == 0 { outputEnded = true }
+            return count
+        }
+    }
+
+    /// Writes all of `bytes` to the child's stdin. Returns false when the child stopped reading
+    /// (it exited, most likely with an error on its stderr): the caller then waits for it.
+    func write(_ bytes: UnsafeRawBufferPointer) throws -> Bool {
+        precondition(inputFD >= 0, "\(name): stdin is not a stream")
+        var offset = 0
+        while offset < bytes.count {
+            var fds = [pollfd(fd: inputFD, events: Int16(POLLOUT), revents: 0)]
+            if errorFD >= 0 { fds.append(pollfd(fd: errorFD, events: Int16(POLLIN), revents: 0)) }
+            guard poll(&fds, nfds_t(fds.count), -1) >= 0 else {
+                if errno == EINTR { continue }
+                throw PostgresError(.process, "cannot write to \(name)", cause: PosixError(errno))
+            }
+            if fds.count > 1, fds[1].revents != 0 { drainError() }
+            guard fds[0].revents != 0 else { continue }
+            let count = send(
+                inputFD, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            if count < 0 {
+                switch errno {
+                case EINTR, EAGAIN: continue
+                case EPIPE, ECONNRESET: return false
+                default: throw PostgresError(.process, "cannot write to \(name)", cause: PosixError(errno))
+                }
+            }
+            offset += count
+        }
+        return true
+    }
+
+    /// Closes stdin: the child sees the end of its input.
+    func closeInput() {
+        if inputFD >= 0 { Glibc.close(inputFD) }
+        inputFD = -1
+    }
+
+    /// Closes our end of stdout: a child still writing gets SIGPIPE.
+    func closeOutput() {
+        if outputFD >= 0 { Glibc.close(outputFD) }
+        outputFD = -1
+    }
+
+    /// Asks the child to stop (SIGTERM); `wait()` then collects it.
+    func terminate() {
+        if termination == nil { kill(pid, SIGTERM) }
+    }
+
+    /// Closes stdin and stdout, reads stderr to its end and reaps the child.
+    @discardableResult
+    func wait() -> Termination {
+        if let termination { return termination }
+        closeInput()
+        closeOutput()
+        while errorFD >= 0 { drainError() }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            if errno != EINTR {
+                // Reaped elsewhere (a SIGCHLD handler set to SIG_IGN); nothing more to learn.
+                termination = .exited(-1)
+                return .exited(-1)
+            }
+        }
+        let result: Termination = (status & 0x7f) == 0 ? .exited((status >> 8) & 0xff) : .signaled(status & 0x7f)
+        termination = result
+        return result
+    }
+
+    /// Reads what stderr has (blocking when it has nothing yet), keeping only the tail.
+    private func drainError() {
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        let count = chunk.withUnsafeMutableBytes { Glibc.read(errorFD, $0.baseAddress, $0.count) }
+        if count < 0 && (errno == EINTR || errno == EAGAIN) { return }
+        if count <= 0 {
+            Glibc.close(errorFD)
+            errorFD = -1
+            return
+        }
+        errorTail.append(contentsOf: chunk[0..<count])
+        if errorTail.count > errorLimit { errorTail.removeFirst(errorTail.count - errorLimit) }
+    }
+}
+
+/// An errno value with its text.
+struct PosixError: Error, CustomStringConvertible, Sendable {
+    var code: Int32
+    init(_ code: Int32) { self.code = code }
+    var description: String { String(cString: strerror(code)) }
+}
+
+/// glibc 2.34's posix_spawn_file_actions_addclosefrom_np, looked up at run time: Swift's Glibc
+/// module does not declare GNU extensions.
+private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+private let addCloseFrom: AddCloseFrom? = {
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else {
+        return nil
+    }
+    return unsafeBitCast(symbol, to: AddCloseFrom.self)
+}()
+
+/// A connected, close-on-exec socket pair: one end for us, one to hand to the child.
+private func makeChannel() -> (parent: Int32, child: Int32)? {
+    var pair: [Int32] = [-1, -1]
+    guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+        return nil
+    }
+    return (pair[0], pair[1])
+}
+
+private func withMutableCStringArray<R>(
+    _ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R
+) -> R {
+    let copies: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0)! } + [nil]
+    defer { for item in copies { free(item) } }
+    return copies.withUnsafeBufferPointer { body($0.baseAddress!) }
+}
+
+/// Runs a short-lived tool to its end and returns its stdout and how it ended (`--version`, say).
+func runTool(name: String, executable: String, arguments: [String], environment: [String: String]) throws
+    -> (output: String, error: String, termination: Termination)
+{
+    let process = try ChildProcess(
+        name: name, executable: executable, arguments: arguments, environment: environment, input: .none,
+        captureOutput: true)
+    var output: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 16 * 1024)
+    while true {
+        let count = try buffer.withUnsafeMutableBytes { try process.read(into: $0) }
+        if count == 0 { break }
+        output.append(contentsOf: buffer[0..<count])
+    }
+    let termination = process.wait()
+    return (String(decoding: output, as: UTF8.self), process.errorText, termination)
+}

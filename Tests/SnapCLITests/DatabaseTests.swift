@@ -1,0 +1,220 @@
+import Foundation
+import SnapCore
+import SnapTestSupport
+import Testing
+
+/// Skips where PostgreSQL is not installed, except under CI, where the suite runs and fails.
+private let needsServer = Testing.ConditionTrait.enabled(
+    if: TestCluster.isAvailable, Comment(rawValue: TestCluster.unavailableReason))
+
+/// A database with awkward content: several schemas, non-ASCII identifiers, bytea, jsonb, arrays,
+/// numeric, timestamps, text with newlines, tabs and backslashes, sequences, views, functions,
+/// triggers and a large object.
+private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
+    let name = cluster.uniqueDatabaseName("awkward")
+    try cluster.createDatabase(name)
+    try cluster.psql(
+        #"""
+        CREATE SCHEMA billing;
+        CREATE SCHEMA "Ünïcødé schéma";
+        CREATE SEQUENCE billing.invoice_numbers START 1000;
+        CREATE TABLE billing.invoices (
+            id bigint PRIMARY KEY DEFAULT nextval('billing.invoice_numbers'),
+            amount numeric(20, 6) NOT NULL,
+            issued timestamptz NOT NULL,
+            due date,
+            lines jsonb,
+            tags text[],
+            scan bytea,
+            memo text
+        );
+        INSERT INTO billing.invoices (amount, issued, due, lines, tags, scan, memo)
+        SELECT g * 1.000001, '2024-02-29 12:34:56.789+00'::timestamptz + g * interval '1 hour', '2024-03-31',
+               jsonb_build_object('n', g, 'items', jsonb_build_array('a', g, null, true)),
+               ARRAY['tag' || g, 'ä€', NULL], decode(lpad(to_hex(g), 8, '0') || 'deadbeef00', 'hex'),
+               E'line one\nline\ttwo \\ backslash ' || g
+        FROM generate_series(1, 3000) g;
+        CREATE TABLE "Ünïcødé schéma"."Tâble ñame" ("Çolumn ✓" text, n int);
+        INSERT INTO "Ünïcødé schéma"."Tâble ñame" VALUES ('日本語', 1), (E'tab\there', 2), ('', 3), (NULL, 4);
+        CREATE TABLE public.audit (id serial PRIMARY KEY, invoice bigint, at timestamptz DEFAULT '2020-01-01');
+        CREATE FUNCTION billing.log_invoice() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO public.audit (invoice) VALUES (NEW.id); RETURN NEW; END $$;
+        CREATE TRIGGER invoices_audit AFTER INSERT ON billing.invoices FOR EACH ROW EXECUTE FUNCTION billing.log_invoice();
+        CREATE VIEW billing.big_invoices AS SELECT id, amount FROM billing.invoices WHERE amount > 100;
+        SELECT lo_from_bytea(424242, decode('00ff00ff', 'hex') || convert_to(' large object', 'UTF8'));
+        """#, database: name)
+    return name
+}
+
+@Suite(.serialized, needsServer) struct DatabaseSnapshotTests {
+    let cluster: TestCluster
+
+    init() throws { cluster = try TestCluster.start() }
+
+    private func dump(_ database: String) throws -> String { try cluster.pgDumpPlain(database: database) }
+
+    @Test func snapshotChangeSnapshotRestoresBothExactly() throws {
+        let folder = try TemporaryFolder()
+        let repo = folder.sub("repo")
+        let source = try makeAwkwardDatabase(cluster)
+        try snap("--repo", repo, "init")
+
+        let first = try snap("--repo", repo, "snapshot", "--db", cluster.conninfo(database: source), "--tag", "one")
+        #expect(first.status == 0, "\(first.stderr)")
+        let dumpAtFirst = try dump(source)
+
+        try cluster.psql(
+            """
+            INSERT INTO billing.invoices (amount, issued) VALUES (1.5, now());
+            UPDATE billing.invoices SET memo = 'changed' WHERE id % 100 = 0;
+            DELETE FROM billing.invoices WHERE id % 333 = 0;
+            CREATE TABLE public.later (x int);
+            """, database: source)
+        let second = try snap("--repo", repo, "snapshot", "--db", cluster.conninfo(database: source), "--json")
+        #expect(second.status == 0, "\(second.stderr)")
+        let dumpAtSecond = try dump(source)
+        #expect(dumpAtFirst != dumpAtSecond)
+
+        // The record carries the facts, never a password or connection string.
+        let shown = try parseJSON(try snap("--repo", repo, "show", "latest", "--json").stdout) as? [String: Any]
+        let facts = shown?["database"] as? [String: Any]
+        #expect(facts?["name"] as? String == source)
+        #expect((facts?["server_version_num"] as? Int ?? 0) >= 150_000)
+        #expect((facts?["wal_position"] as? String)?.contains("/") == true)
+        #expect((facts?["system_identifier"] as? String)?.isEmpty == false)
+        #expect(facts?["encoding"] as? String == "UTF8")
+        #expect((facts?["size_bytes"] as? Int ?? 0) > 0)
+
+        for (snapshotID, expected) in [(first.stdout, dumpAtFirst), (try idFrom(second.stdout), dumpAtSecond)] {
+            let target = cluster.uniqueDatabaseName("restored")
+            try cluster.createDatabase(target)
+            let restore = try snap(
+                "--repo", repo, "restore", snapshotID.trimmingCharacters(in: .whitespacesAndNewlines),
+                "--db", cluster.conninfo(database: target))
+            #expect(restore.status == 0, "\(restore.stderr)")
+            #expect(restore.stdout.contains("tables"))
+            #expect(try dump(target) == expected)
+        }
+    }
+
+    @Test func cleanRestoreReplacesAChangedDatabaseAndJobsTwoWorks() throws {
+        let folder = try TemporaryFolder()
+        let repo = folder.sub("repo")
+        let source = try makeAwkwardDatabase(cluster)
+        try snap("--repo", repo, "init")
+        #expect(try snap("--repo", repo, "snapshot", "--db", cluster.conninfo(database: source)).status == 0)
+        let expected = try dump(source)
+
+        // A target that has moved on: changed rows and a table created after the snapshot.
+        try cluster.psql(
+            "UPDATE billing.invoices SET amount = 0; CREATE TABLE public.newer (x int); INSERT INTO public.newer VALUES (1);",
+            database: source)
+        let refused = try snap("--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: source))
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("--clean"), "\(refused.stderr)")
+        #expect(refused.stderr.split(separator: "\n").count == 1)
+        #expect(
+            try cluster.psql("SELECT count(*) FROM public.newer", database: source) == "1",
+            "refused restore changed the target")
+
+        let clean = try snap(
+            "--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: source), "--clean", "--jobs", "2")
+        #expect(clean.status == 0, "\(clean.stderr)")
+        #expect(try dump(source) == expected)
+    }
+
+    @Test func databaseAndStorageTogether() throws {
+        let folder = try TemporaryFolder()
+        let repo = folder.sub("repo")
+        let storage = folder.sub("storage")
+        let restored = folder.sub("restored")
+        try FileManager.default.createDirectory(atPath: storage + "/uploads", withIntermediateDirectories: true)
+        try writeFile(storage + "/uploads/a.txt", Array("attached to row 1".utf8))
+        let source = try makeAwkwardDatabase(cluster)
+        try snap("--repo", repo, "init")
+        let snapshot = try snap(
+            "--repo", repo, "snapshot", "--db", cluster.conninfo(database: source), "--storage", storage)
+        #expect(snapshot.status == 0, "\(snapshot.stderr)")
+
+        let missingTarget = try snap("--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: source))
+        #expect(missingTarget.status == 2)
+        #expect(missingTarget.stderr.contains("--storage-to"))
+
+        let target = cluster.uniqueDatabaseName("both")
+        try cluster.createDatabase(target)
+        let restore = try snap(
+            "--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: target), "--storage-to", restored)
+        #expect(restore.status == 0, "\(restore.stderr)")
+        #expect(try dump(target) == dump(source))
+        #expect(differences(try readTree(storage), try readTree(restored)).isEmpty)
+    }
+
+    @Test func connectionFailuresAreOneLineAndRecordNothing() throws {
+        let folder = try TemporaryFolder()
+        let repo = folder.sub("repo")
+        try snap("--repo", repo, "init")
+        let source = try makeAwkwardDatabase(cluster)
+        let cases: [(String, [String])] = [
+            ("host=127.0.0.1 port=\(try TestCluster.freePort()) dbname=\(source) connect_timeout=5", ["127.0.0.1"]),
+            (cluster.conninfo(database: "no_such_database"), ["no_such_database"]),
+            (cluster.conninfo(database: source, password: "wrong-password"), ["password"]),
+        ]
+        for (conninfo, mentions) in cases {
+            let result = try snap("--repo", repo, "snapshot", "--db", conninfo)
+            #expect(result.status == 1, "\(conninfo): \(result.stderr)")
+            #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+            for mention in mentions { #expect(result.stderr.contains(mention), "\(result.stderr)") }
+            #expect(!result.stderr.contains("wrong-password"))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
+            #expect(try objectCount(repo) == 0)
+        }
+    }
+
+    @Test func passwordNeverReachesTheRecordOrTheCommandLine() throws {
+        let folder = try TemporaryFolder()
+        let repo = folder.sub("repo")
+        let argvLog = folder.sub("argv.log")
+        let hook = folder.sub("pg_dump")
+        let source = try makeAwkwardDatabase(cluster)
+        try cluster.psql("GRANT pg_read_all_data TO \(cluster.passwordUser)", database: source)
+        let realDump = cluster.binDirectory + "/pg_dump"
+        try writeFile(hook, Array("#!/bin/sh\necho \"$@\" > \(argvLog)\nexec \(realDump) \"$@\"\n".utf8), mode: 0o755)
+        try snap("--repo", repo, "init")
+        let result = try snap(
+            "--repo", repo, "snapshot", "--db", cluster.conninfo(database: source, password: cluster.password),
+            environment: ["SNAP_TEST_PG_DUMP": hook])
+        #expect(result.status == 0, "\(result.stderr)")
+        let argv = try String(contentsOfFile: argvLog, encoding: .utf8)
+        #expect(argv.contains("--snapshot"))
+        #expect(!argv.contains(cluster.password))
+        for name in try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots") {
+            #expect(
+                !(try String(contentsOfFile: repo + "/snapshots/" + name, encoding: .utf8)).contains(cluster.password))
+        }
+    }
+
+    @Test func killedPgDumpRecordsNothing() throws {
+        let folder = try TemporaryFolder()
+        let repo = folder.sub("repo")
+        let hook = folder.sub("pg_dump")
+        let source = try makeAwkwardDatabase(cluster)
+        // Real output for a while, then the process dies of SIGKILL mid-stream.
+        let realDump = cluster.binDirectory + "/pg_dump"
+        try writeFile(hook, Array("#!/bin/sh\n\(realDump) \"$@\" | head -c 20000\nkill -9 $$\n".utf8), mode: 0o755)
+        try snap("--repo", repo, "init")
+        let result = try snap(
+            "--repo", repo, "snapshot", "--db", cluster.conninfo(database: source),
+            environment: ["SNAP_TEST_PG_DUMP": hook])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("pg_dump"), "\(result.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
+        #expect(
+            try snap("--repo", repo, "list", "--json").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                == "[\n\n]"
+                || (try parseJSON(try snap("--repo", repo, "list", "--json").stdout) as? [Any])?.isEmpty == true)
+    }
+}
+
+private func idFrom(_ json: String) throws -> String {
+    ((try parseJSON(json) as? [String: Any])?["id"] as? String) ?? ""
+}
