@@ -34,10 +34,13 @@ let package = Package(
             providers: [.apt(["zlib1g-dev"])]
         ),
 
+        // glibc calls that Swift's Glibc module does not show (syncfs).
+        .systemLibrary(name: "CLinux"),
+
         // Chunker, hashing, compression, object store, manifests, snapshots, repository.
         .target(
             name: "SnapCore",
-            dependencies: ["CCrypto", "CZstd"]
+            dependencies: ["CCrypto", "CZstd", "CLinux"]
         ),
         // libpq sessions, server facts, pg_dump / pg_restore processes.
         .target(

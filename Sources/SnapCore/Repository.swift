@@ -186,6 +186,8 @@ public final class Repository: Sendable {
     /// Writes a record as `snapshots/<id>.json` atomically. This is the commit point: call it only
     /// once every object the record reaches is durable.
     public func commit(_ record: SnapshotRecord) throws -> Snapshot {
+        // Every object stored so far becomes durable before the record that may need it.
+        try store.flush()
         let bytes = try record.encoded()
         let id = ObjectID(hashing: bytes).hex
         try Repository.writeFileAtomically(join(snapshotsPath, id + ".json"), bytes)

@@ -42,7 +42,6 @@ public struct SnapshotOptions {
 public final class SnapshotBuilder {
     let repository: Repository
     let options: SnapshotOptions
-    private var totals = SnapshotRecord.Totals()
     private var errors: [String] = []
     /// Called with each problem as it is found (a file that cannot be read, say).
     public var onWarning: (String) -> Void = { _ in }
@@ -76,51 +75,36 @@ public final class SnapshotBuilder {
         // A snapshot is dated when it starts: the dump's transaction and the file walk begin then.
         let started = Timestamp.now()
         let storage = try options.storage.map(Self.validateStorage)
-        let objects = ObjectWriter(
-            store: repository.store, known: try repository.objectNames(),
-            compressionLevel: repository.config.compression.level)
-        let manifest = ManifestWriter(parameters: repository.config.chunker.tree, objects: objects)
+        let writer = try SnapshotWriter(repository: repository)
 
         // The database first, so that the files its committed rows point to are present below.
         if let dump {
-            let chunker = StreamChunker(repository.config.chunker.database)
-            var chunks: [ObjectID] = []
-            try chunker.consume(read: { try dump.read(into: $0) }, onChunk: { chunks.append(try objects.write($0)) })
+            let stream = try writer.storeStream(.database, read: { try dump.read(into: $0) })
             try dump.finish()
-            guard chunker.totalBytes > 0 else {
+            guard stream.size > 0 else {
                 throw SnapError(.invalidInput, "pg_dump produced no output; no snapshot was recorded")
             }
-            totals.databaseBytes = chunker.totalBytes
-            try manifest.append(
+            try writer.append(
                 ManifestEntry(
                     kind: .database, path: "database.dump", mode: 0o600, mtime: started.nanoseconds,
-                    size: chunker.totalBytes, chunks: chunks))
+                    size: stream.size, chunks: stream.chunks))
         }
         if let storage {
-            try walkStorage(storage, objects: objects, manifest: manifest)
+            try walkStorage(storage, writer: writer)
         }
-
-        let manifestReference = try manifest.finish()
-        let statistics = try objects.finish()
-        totals.newObjects = statistics.newObjects
-        totals.newBytes = statistics.newBytes
-        totals.storedBytes = statistics.storedBytes
-        let record = SnapshotRecord(
+        return try writer.commit(
             time: started, host: options.host, tags: options.tags, program: options.program,
-            sources: .init(storage: storage, database: dump?.facts),
-            manifest: manifestReference, totals: totals, errors: errors)
-        return try repository.commit(record)
+            sources: .init(storage: storage, database: dump?.facts), errors: errors)
     }
 
     // MARK: Storage tree
 
-    private func walkStorage(_ root: String, objects: ObjectWriter, manifest: ManifestWriter) throws {
+    private func walkStorage(_ root: String, writer: SnapshotWriter) throws {
         let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
         let status = try rootHandle.status()
-        try manifest.append(
+        try writer.append(
             ManifestEntry(kind: .directory, path: ".", mode: status.mode, mtime: status.mtimeNanoseconds))
-        let chunker = StreamChunker(repository.config.chunker.files)
-        try walkDirectory(rootHandle, prefix: "", chunker: chunker, objects: objects, manifest: manifest)
+        try walkDirectory(rootHandle, prefix: "", writer: writer)
     }
 
     private func warn(_ message: String) {
@@ -129,8 +113,7 @@ public final class SnapshotBuilder {
     }
 
     private func walkDirectory(
-        _ directory: FileHandle, prefix: String, chunker: StreamChunker, objects: ObjectWriter,
-        manifest: ManifestWriter
+        _ directory: FileHandle, prefix: String, writer: SnapshotWriter
     ) throws {
         let names: [[UInt8]]
         do {
@@ -166,24 +149,20 @@ public final class SnapshotBuilder {
                     warn("\(path): cannot open the folder (\(reason(error))); skipped")
                     continue
                 }
-                try manifest.append(
+                try writer.append(
                     ManifestEntry(kind: .directory, path: path, mode: status.mode, mtime: status.mtimeNanoseconds))
-                totals.directories += 1
-                try walkDirectory(child, prefix: path, chunker: chunker, objects: objects, manifest: manifest)
+                try walkDirectory(child, prefix: path, writer: writer)
             case .regular:
-                guard let entry = try readFile(name, path: path, in: directory, chunker: chunker, objects: objects)
+                guard let entry = try readFile(name, path: path, in: directory, writer: writer)
                 else { continue }
-                try manifest.append(entry)
-                totals.files += 1
-                totals.fileBytes += entry.size
+                try writer.append(entry)
             case .symlink:
                 do {
                     let target = try Posix.readLink(name, in: directory)
-                    try manifest.append(
+                    try writer.append(
                         ManifestEntry(
                             kind: .symlink, path: path, mode: status.mode, mtime: status.mtimeNanoseconds,
                             target: target))
-                    totals.symlinks += 1
                 } catch {
                     warn("\(path): cannot read the link (\(reason(error))); skipped")
                 }
@@ -195,9 +174,9 @@ public final class SnapshotBuilder {
 
     /// The file's entry, or nil (with a warning) when it cannot be read. Read errors in the middle
     /// of a file leave its chunks stored but no entry: a partial file is never recorded as whole.
-    private func readFile(
-        _ name: String, path: String, in directory: FileHandle, chunker: StreamChunker, objects: ObjectWriter
-    ) throws -> ManifestEntry? {
+    private func readFile(_ name: String, path: String, in directory: FileHandle, writer: SnapshotWriter) throws
+        -> ManifestEntry?
+    {
         let handle: FileHandle
         let status: FileStatus
         do {
@@ -207,27 +186,23 @@ public final class SnapshotBuilder {
             warn("\(path): cannot open the file (\(reason(error))); skipped")
             return nil
         }
-        var chunks: [ObjectID] = []
-        let before = chunker.totalBytes
         var readFailure: (any Error)?
+        let stream: StreamReference
         do {
-            try chunker.consume(
-                read: { buffer in
-                    do { return try handle.read(into: buffer) } catch {
-                        readFailure = error
-                        throw error
-                    }
-                },
-                onChunk: { chunks.append(try objects.write($0)) })
+            stream = try writer.storeStream(.files) { buffer in
+                do { return try handle.read(into: buffer) } catch {
+                    readFailure = error
+                    throw error
+                }
+            }
         } catch {
             guard let readFailure else { throw error }  // a repository write failed: abort the snapshot
             warn("\(path): cannot read the file (\(reason(readFailure))); skipped")
-            try chunker.finish { _ in }
             return nil
         }
         return ManifestEntry(
-            kind: .file, path: path, mode: status.mode, mtime: status.mtimeNanoseconds,
-            size: chunker.totalBytes - before, chunks: chunks)
+            kind: .file, path: path, mode: status.mode, mtime: status.mtimeNanoseconds, size: stream.size,
+            chunks: stream.chunks)
     }
 
     private func display(_ path: String) -> String { path.isEmpty ? "." : path }

@@ -23,10 +23,36 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
         public var storage: String?
         /// Facts about the dumped database, when there was one.
         public var database: DatabaseFacts?
+        /// The classic tar.gz this snapshot was imported from, when it was.
+        public var imported: ImportOrigin?
 
-        public init(storage: String? = nil, database: DatabaseFacts? = nil) {
+        public init(storage: String? = nil, database: DatabaseFacts? = nil, imported: ImportOrigin? = nil) {
             self.storage = storage
             self.database = database
+            self.imported = imported
+        }
+    }
+
+    /// Where an imported snapshot came from: `snap import` skips an archive it has taken in before.
+    public struct ImportOrigin: Codable, Sendable, Equatable {
+        /// The archive's file name, without its folder.
+        public var file: String
+        public var size: UInt64
+        /// SHA-256 of the archive file's bytes.
+        public var sha256: String
+        /// Whether its database.dump was compressed by pg_dump (such dumps deduplicate poorly).
+        public var compressedDump: Bool
+
+        public init(file: String, size: UInt64, sha256: String, compressedDump: Bool) {
+            self.file = file
+            self.size = size
+            self.sha256 = sha256
+            self.compressedDump = compressedDump
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case file, size, sha256
+            case compressedDump = "compressed_dump"
         }
     }
 

@@ -36,7 +36,7 @@ struct Snap: ParsableCommand {
         version: version,
         subcommands: [
             InitCommand.self, SnapshotCommand.self, ListCommand.self, ShowCommand.self,
-            RestoreCommand.self, CheckCommand.self,
+            RestoreCommand.self, CheckCommand.self, ExportCommand.self, ImportCommand.self,
         ]
     )
 

@@ -58,10 +58,10 @@ import Testing
         let id = ObjectID(hashing: content)
         #expect(try !store.contains(id))
         #expect(try store.put(id, encoded: [1, 2, 3]))
+        try store.flush()
         #expect(try store.contains(id))
         #expect(try store.get(id) == [1, 2, 3])
         #expect(try store.size(of: id) == 3)
-        try store.flush()
 
         let path = folder.path + "/" + String(id.hex.prefix(2)) + "/" + id.hex
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
@@ -73,6 +73,7 @@ import Testing
         // An existing object is never rewritten.
         let inode = attributes[.systemFileNumber] as? Int
         #expect(try !store.put(id, encoded: [9, 9, 9]))
+        try store.flush()
         #expect(try store.get(id) == [1, 2, 3])
         #expect((try FileManager.default.attributesOfItem(atPath: path)[.systemFileNumber] as? Int) == inode)
 
@@ -110,5 +111,30 @@ import Testing
             let content = try store.get(id).withUnsafeBytes { try decompressor.decompress($0, limit: 1 << 20) }
             #expect(ObjectID(hashing: content) == id)
         }
+    }
+}
+
+@Suite struct DeferredPublishingTests {
+    /// Objects appear under their names only at `flush`, all of them, with no temporary file left.
+    @Test func objectsAppearAtFlushAndTemporariesGo() throws {
+        let folder = try TemporaryFolder()
+        let store = LocalObjectStore(root: folder.path, flushEvery: 1000)
+        let ids = (0..<10).map { ObjectID(hashing: [UInt8($0)]) }
+        for id in ids { #expect(try store.put(id, encoded: [1])) }
+        #expect(try ids.allSatisfy { try !store.contains($0) })
+        try store.flush()
+        #expect(try ids.allSatisfy { try store.contains($0) })
+        let leftovers = try FileManager.default.subpathsOfDirectory(atPath: folder.path)
+            .filter { $0.contains(LocalObjectStore.temporaryPrefix) }
+        #expect(leftovers.isEmpty)
+    }
+
+    @Test func putFlushesByItselfPastTheLimit() throws {
+        let folder = try TemporaryFolder()
+        let store = LocalObjectStore(root: folder.path, flushEvery: 4)
+        let ids = (0..<9).map { ObjectID(hashing: [UInt8($0)]) }
+        for id in ids { try store.put(id, encoded: [2]) }
+        #expect(try ids.prefix(8).allSatisfy { try store.contains($0) })
+        #expect(try !store.contains(ids[8]))
     }
 }
