@@ -115,6 +115,9 @@ public final class BackupImporter {
                     kind: .database, path: "database.dump", mode: entry.mode, mtime: entry.mtime, size: stream.size,
                     chunks: stream.chunks)
             case .storage(let relative):
+                guard relative != "." || entry.kind == .directory else {
+                    throw refuse(entry.path, "is not a folder, but the storage folder belongs there")
+                }
                 let manifestEntry: ManifestEntry
                 switch entry.kind {
                 case .directory:
@@ -186,6 +189,20 @@ public final class BackupImporter {
         var entries = storage
         if entries["."] == nil {
             entries["."] = ManifestEntry(kind: .directory, path: ".", mode: 0o755, mtime: newest)
+        }
+        // A link whose target passes through another link could reach anywhere that one does:
+        // refuse those, so that every link, followed step by step, stays inside.
+        for entry in storage.values where entry.kind == .symlink {
+            var resolved = entry.path.split(separator: "/").dropLast().map(String.init)
+            let steps = (entry.target ?? "").split(separator: "/").map(String.init).filter { $0 != "." }
+            for (index, step) in steps.enumerated() {
+                if step == ".." { resolved.removeLast() } else { resolved.append(step) }
+                let through = resolved.joined(separator: "/")
+                if index < steps.count - 1, entries[through]?.kind == .symlink {
+                    throw refuse(
+                        "storage/" + entry.path, "is a symlink whose target passes through the symlink '\(through)'")
+                }
+            }
         }
         for path in storage.keys where path != "." {
             var parent = path

@@ -79,7 +79,11 @@ public final class SnapshotBuilder {
 
         // The database first, so that the files its committed rows point to are present below.
         if let dump {
-            let stream = try writer.storeStream(.database, read: { try dump.read(into: $0) })
+            // Read ahead on a thread of its own: pg_dump keeps writing while this one chunks and hashes.
+            nonisolated(unsafe) let source = dump
+            let readAhead = ReadAhead { try source.read(into: $0) }
+            defer { readAhead.cancel() }
+            let stream = try writer.storeStream(.database, read: { try readAhead.read(into: $0) })
             try dump.finish()
             guard stream.size > 0 else {
                 throw SnapError(.invalidInput, "pg_dump produced no output; no snapshot was recorded")
