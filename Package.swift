@@ -79,7 +79,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SnapArchiveTests",
-            dependencies: ["SnapArchive", "SnapCore"]
+            dependencies: ["SnapArchive", "SnapCore", "SnapTestSupport"]
         ),
         // End-to-end: runs the built `snap` binary.
         .testTarget(

@@ -1,5 +1,6 @@
 import Foundation
 import SnapCore
+import SnapTestSupport
 import Testing
 
 @testable import SnapArchive

@@ -1,5 +1,6 @@
 import Foundation
 import SnapArchive
+import SnapTestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -146,17 +147,17 @@ func readArchive(_ path: String) throws -> [(entry: TarHeaderEntry, content: [UI
     let samples = sampleEntries()
 
     @Test func gnuTarExtractsEverythingExactly() throws {
-        let folder = try TemporaryFolder()
-        let archive = folder.url("sample.tar.gz")
+        let folder = try TemporaryDirectory()
+        let archive = folder.file("sample.tar.gz")
         try writeSampleArchive(samples, to: archive)
-        try FileManager.default.createDirectory(atPath: folder.url("out"), withIntermediateDirectories: false)
+        try FileManager.default.createDirectory(atPath: folder.file("out"), withIntermediateDirectories: false)
 
-        let result = try run(["tar", "-xzf", archive, "-C", folder.url("out")])
+        let result = try run(["tar", "-xzf", archive, "-C", folder.file("out")])
         #expect(result.status == 0)
         #expect(result.stderr == "")
 
         for sample in samples {
-            let path = folder.url("out/" + sample.path)
+            let path = folder.file("out/" + sample.path)
             let status = try DiskStatus(path)
             switch sample.content {
             case .file(let bytes):
@@ -182,8 +183,8 @@ func readArchive(_ path: String) throws -> [(entry: TarHeaderEntry, content: [UI
     }
 
     @Test func pythonTarfileListsWithoutWarnings() throws {
-        let folder = try TemporaryFolder()
-        let archive = folder.url("sample.tar.gz")
+        let folder = try TemporaryDirectory()
+        let archive = folder.file("sample.tar.gz")
         try writeSampleArchive(samples, to: archive)
         let script = """
             import sys, tarfile
@@ -213,8 +214,8 @@ func readArchive(_ path: String) throws -> [(entry: TarHeaderEntry, content: [UI
     }
 
     @Test func ownReadersRoundTripExactly() throws {
-        let folder = try TemporaryFolder()
-        let archive = folder.url("sample.tar.gz")
+        let folder = try TemporaryDirectory()
+        let archive = folder.file("sample.tar.gz")
         let tarBytes = try writeSampleArchive(samples, to: archive, blockSize: 32 << 10)
         let entries = try readArchive(archive)
         #expect(entries.count == samples.count)
@@ -239,8 +240,8 @@ func readArchive(_ path: String) throws -> [(entry: TarHeaderEntry, content: [UI
 
     @Test(arguments: ["pax", "gnu"])
     func readsArchivesFromGnuTar(format: String) throws {
-        let folder = try TemporaryFolder()
-        let root = folder.url("tree")
+        let folder = try TemporaryDirectory()
+        let root = folder.file("tree")
         let longName = String(repeating: "n", count: 120) + "/" + String(repeating: "m", count: 200) + ".txt"
         let files: [(String, [UInt8])] = [
             ("a.txt", Array("alpha\n".utf8)),
@@ -264,7 +265,7 @@ func readArchive(_ path: String) throws -> [(entry: TarHeaderEntry, content: [UI
         #expect(chmod(root + "/a.txt", 0o4755) == 0)
         try setMtime(root + "/a.txt", 1_650_000_000_987_654_321)
 
-        let archive = folder.url("system.tar.gz")
+        let archive = folder.file("system.tar.gz")
         let result = try run(["tar", "--format=\(format)", "-czf", archive, "-C", root, "."])
         #expect(result.status == 0)
         #expect(result.stderr == "")

@@ -1,32 +1,10 @@
 import Foundation
 import SnapArchive
+import SnapTestSupport
 
 #if canImport(Glibc)
     import Glibc
 #endif
-
-/// Deterministic pseudo-random bytes (SplitMix64), so tests see the same data on every run.
-func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-    var state = seed
-    var bytes = [UInt8](repeating: 0, count: count)
-    bytes.withUnsafeMutableBytes { raw in
-        var index = 0
-        while index < count {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            z ^= z >> 31
-            withUnsafeBytes(of: z.littleEndian) { word in
-                for byte in word where index < count {
-                    raw[index] = byte
-                    index += 1
-                }
-            }
-        }
-    }
-    return bytes
-}
 
 /// Compressible text: log-like lines built from a small vocabulary.
 func textBytes(_ count: Int, seed: UInt64) -> [UInt8] {
@@ -42,23 +20,6 @@ func textBytes(_ count: Int, seed: UInt64) -> [UInt8] {
         index += 1
     }
     return Array(out.prefix(count))
-}
-
-/// A temporary folder, removed when the value is released.
-final class TemporaryFolder {
-    let path: String
-
-    init() throws {
-        var template = Array((NSTemporaryDirectory() + "snap-archive-test-XXXXXX").utf8CString)
-        guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw POSIXError(.EIO)
-        }
-        path = String(cString: result)
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-
-    func url(_ name: String) -> String { path + "/" + name }
 }
 
 struct ProcessResult {

@@ -24,15 +24,15 @@ extension ArchiveTests {
 
         /// A repository with one snapshot of a fresh shop database and a storage tree; returns the
         /// snapshot id and the database's plain dump at snapshot time.
-        private func snapshotShop(folder: TemporaryFolder, bigFileSize: Int = 5 << 20) throws -> (
+        private func snapshotShop(folder: TemporaryDirectory, bigFileSize: Int = 5 << 20) throws -> (
             id: String, dump: String
         ) {
             let database = try makeShopDatabase(cluster)
-            try makeStorageTree(at: folder.sub("storage"), bigFileSize: bigFileSize)
-            #expect(try snap("--repo", folder.sub("repo"), "init").status == 0)
+            try makeStorageTree(at: folder.file("storage"), bigFileSize: bigFileSize)
+            #expect(try snap("--repo", folder.file("repo"), "init").status == 0)
             let made = try snap(
-                "--repo", folder.sub("repo"), "snapshot", "--db", cluster.conninfo(database: database), "--storage",
-                folder.sub("storage"), "--json")
+                "--repo", folder.file("repo"), "snapshot", "--db", cluster.conninfo(database: database), "--storage",
+                folder.file("storage"), "--json")
             #expect(made.status == 0, "\(made.stderr)")
             let dump = try cluster.pgDumpPlain(database: database)
             // Later changes must not reach the export: it is the snapshot, not the live database.
@@ -41,12 +41,12 @@ extension ArchiveTests {
         }
 
         @Test func exportIsAClassicBackupThatStandardToolsRead() throws {
-            let folder = try TemporaryFolder()
-            let repo = folder.sub("repo")
+            let folder = try TemporaryDirectory()
+            let repo = folder.file("repo")
             let (id, dumpAtSnapshot) = try snapshotShop(folder: folder)
-            let source = try readTree(folder.sub("storage"))
+            let source = try readTree(folder.file("storage"))
 
-            let out = folder.sub("out")
+            let out = folder.file("out")
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let export = try snap("--repo", repo, "export", id, "-o", out)
             #expect(export.status == 0, "\(export.stderr)")
@@ -59,7 +59,7 @@ extension ArchiveTests {
             #expect(folderListing(out) == [name], "only the archive, no temporary file left behind")
 
             // GNU tar extracts it without a word.
-            let extracted = folder.sub("extracted")
+            let extracted = folder.file("extracted")
             try FileManager.default.createDirectory(atPath: extracted, withIntermediateDirectories: true)
             let tar = try shell("tar --same-permissions -xzf \(shellQuoted(archive)) -C \(shellQuoted(extracted))")
             #expect(tar.status == 0)
@@ -93,16 +93,16 @@ extension ArchiveTests {
         }
 
         @Test func exportToStandardOutputIsTheSameArchiveAndStopsQuietly() throws {
-            let folder = try TemporaryFolder()
-            let repo = folder.sub("repo")
+            let folder = try TemporaryDirectory()
+            let repo = folder.file("repo")
             let (id, _) = try snapshotShop(folder: folder)
-            let out = folder.sub("out")
+            let out = folder.file("out")
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let toFolder = try snap("--repo", repo, "export", id, "-o", out)
             #expect(toFolder.status == 0, "\(toFolder.stderr)")
             let archive = toFolder.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
 
-            let piped = folder.sub("piped.tar.gz")
+            let piped = folder.file("piped.tar.gz")
             let toStdout = try shell("\(snapCommand(repo: repo)) export \(id) -o - > \(shellQuoted(piped))")
             #expect(toStdout.status == 0, "\(toStdout.stderr)")
             #expect(toStdout.stdout.isEmpty)
@@ -113,7 +113,7 @@ extension ArchiveTests {
             #expect(tarHashes[0] == tarHashes[1], "the tar inside differs between -o FOLDER and -o -")
 
             // A reader that stops early: snap ends at once, says nothing, leaves no process behind.
-            let errors = folder.sub("head.err")
+            let errors = folder.file("head.err")
             let start = Date()
             let head = try shell(
                 "timeout 60 \(snapCommand(repo: repo)) export \(id) -o - 2> \(shellQuoted(errors)) | head -c 100 | wc -c; "
@@ -140,11 +140,11 @@ extension ArchiveTests {
         }
 
         @Test(arguments: Layout.allCases) func importOfAPlainBackupRestoresItsSources(layout: Layout) throws {
-            let folder = try TemporaryFolder()
-            let repo = folder.sub("repo")
+            let folder = try TemporaryDirectory()
+            let repo = folder.file("repo")
             let database = try makeShopDatabase(cluster)
             let expectedDump = try cluster.pgDumpPlain(database: database)
-            let work = folder.sub("work")
+            let work = folder.file("work")
             let (stamp, day): (String, String) =
                 switch layout {
                 case .atTheTop: ("20260101_120000", "01")
@@ -156,7 +156,7 @@ extension ArchiveTests {
             let source = try readTree(content + "/storage")
             let pgDump = try cluster.runClient("pg_dump", ["-Fc", "-f", content + "/database.dump", "-d", database])
             #expect(pgDump.succeeded, "\(pgDump.stderr)")
-            let archive = folder.sub("backup_\(stamp).tar.gz")
+            let archive = folder.file("backup_\(stamp).tar.gz")
             let command =
                 switch layout {
                 case .atTheTop: "tar -czf \(shellQuoted(archive)) database.dump storage"
@@ -177,7 +177,7 @@ extension ArchiveTests {
 
             let target = cluster.uniqueDatabaseName("imported")
             try cluster.createDatabase(target)
-            let restored = folder.sub("restored")
+            let restored = folder.file("restored")
             let restore = try snap(
                 "--repo", repo, "restore", list.first?["id"] as? String ?? "?", "--db",
                 cluster.conninfo(database: target), "--storage-to", restored)
@@ -188,10 +188,10 @@ extension ArchiveTests {
         }
 
         @Test func exportThenImportAddsNothingAndRestoresTheOriginal() throws {
-            let folder = try TemporaryFolder()
-            let repo = folder.sub("repo")
+            let folder = try TemporaryDirectory()
+            let repo = folder.file("repo")
             let (id, dumpAtSnapshot) = try snapshotShop(folder: folder, bigFileSize: 3 << 20)
-            let source = try readTree(folder.sub("storage"))
+            let source = try readTree(folder.file("storage"))
             let export = try snap("--repo", repo, "export", id, "-o", folder.path)
             #expect(export.status == 0, "\(export.stderr)")
             let archive = export.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -212,7 +212,7 @@ extension ArchiveTests {
 
             let target = cluster.uniqueDatabaseName("roundtrip")
             try cluster.createDatabase(target)
-            let restored = folder.sub("restored")
+            let restored = folder.file("restored")
             let restore = try snap(
                 "--repo", repo, "restore", made.first?["id"] as? String ?? "?", "--db",
                 cluster.conninfo(database: target), "--storage-to", restored)
@@ -229,15 +229,15 @@ extension ArchiveTests {
 extension ArchiveTests {
     @Suite struct FilesOnly {
         @Test func filesOnlyExportHasOnlyStorageAndNeverOverwrites() throws {
-            let folder = try TemporaryFolder()
-            let repo = folder.sub("repo")
-            let storage = folder.sub("storage")
+            let folder = try TemporaryDirectory()
+            let repo = folder.file("repo")
+            let storage = folder.file("storage")
             try makeStorageTree(at: storage, bigFileSize: 100_000)
             let source = try readTree(storage)
             try snap("--repo", repo, "init")
             let id = try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage).stdout
                 .trimmingCharacters(in: .whitespacesAndNewlines)
-            let out = folder.sub("out")
+            let out = folder.file("out")
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let export = try snap("--repo", repo, "export", "latest", "-o", out)
             #expect(export.status == 0, "\(export.stderr)")
@@ -248,7 +248,7 @@ extension ArchiveTests {
             #expect(names.allSatisfy { $0.hasPrefix("storage/") }, "\(names.filter { !$0.hasPrefix("storage/") })")
 
             // An existing file is never overwritten: named as a file, or found in the folder.
-            let existing = folder.sub("existing.tar.gz")
+            let existing = folder.file("existing.tar.gz")
             try writeFile(existing, Array("precious".utf8))
             let onFile = try snap("--repo", repo, "export", id, "-o", existing)
             #expect(onFile.status == 1)
@@ -265,9 +265,9 @@ extension ArchiveTests {
         }
 
         @Test func importOfAFolderGoesInTimeOrderAndSkipsWhatItHasSeen() throws {
-            let folder = try TemporaryFolder()
-            let repo = folder.sub("repo")
-            let backups = folder.sub("backups")
+            let folder = try TemporaryDirectory()
+            let repo = folder.file("repo")
+            let backups = folder.file("backups")
             try FileManager.default.createDirectory(atPath: backups, withIntermediateDirectories: true)
             // Made in an order unlike their dates, and with file mtimes the other way round.
             let stamps = ["20260105_020000", "20260103_020000", "20260104_020000"]
@@ -275,7 +275,7 @@ extension ArchiveTests {
                 "20260103_020000": "202601090000", "20260104_020000": "202601080000", "20260105_020000": "202601070000",
             ]
             for stamp in stamps {
-                let work = folder.sub("work-\(stamp)")
+                let work = folder.file("work-\(stamp)")
                 try makeStorageTree(at: work + "/storage", wholeSeconds: true, bigFileSize: 200_000)
                 try writeFile(work + "/storage/day.txt", Array(stamp.utf8))
                 let archive = backups + "/backup_\(stamp).tar.gz"
@@ -297,7 +297,7 @@ extension ArchiveTests {
 
             // Each snapshot holds its own archive's files.
             for (index, snapshot) in made.enumerated() {
-                let restored = folder.sub("restored-\(index)")
+                let restored = folder.file("restored-\(index)")
                 let restore = try snap(
                     "--repo", repo, "restore", snapshot["id"] as? String ?? "?", "--no-db", "--storage-to", restored)
                 #expect(restore.status == 0, "\(restore.stderr)")
@@ -346,34 +346,34 @@ extension ArchiveTests {
 
         /// Makes the archive for `name` in a fresh folder and imports it into a fresh repository,
         /// with a marker folder as the working directory.
-        private func importHostile(_ name: String, in folder: TemporaryFolder) throws -> RunResult {
-            let script = folder.sub("hostile.py")
+        private func importHostile(_ name: String, in folder: TemporaryDirectory) throws -> RunResult {
+            let script = folder.file("hostile.py")
             try writeFile(script, Array(hostileArchiveScript.utf8))
-            let archive = folder.sub("backup_20260101_000000.tar.gz")
+            let archive = folder.file("backup_20260101_000000.tar.gz")
             let made = try run("/usr/bin/env", ["python3", script, name, archive])
             #expect(made.status == 0, "\(made.stderr)")
-            try snap("--repo", folder.sub("repo"), "init")
-            try FileManager.default.createDirectory(atPath: folder.sub("marker"), withIntermediateDirectories: true)
+            try snap("--repo", folder.file("repo"), "init")
+            try FileManager.default.createDirectory(atPath: folder.file("marker"), withIntermediateDirectories: true)
             return try shell(
-                "\(snapCommand(repo: folder.sub("repo"))) import \(shellQuoted(archive))", in: folder.sub("marker"))
+                "\(snapCommand(repo: folder.file("repo"))) import \(shellQuoted(archive))", in: folder.file("marker"))
         }
 
         private func expectRefused(_ name: String, naming entry: String) throws {
             #expect(!FileManager.default.fileExists(atPath: "/etc/evil"))
-            let folder = try TemporaryFolder()
+            let folder = try TemporaryDirectory()
             let result = try importHostile(name, in: folder)
             #expect(result.status == 1, "\(name): \(result.stdout) \(result.stderr)")
             let lines = result.stderr.split(separator: "\n")
             #expect(lines.count == 1, "\(name): \(result.stderr)")
             #expect(result.stderr.contains("'\(entry)'"), "\(name): \(result.stderr)")
             #expect(result.stdout.isEmpty)
-            #expect(folderListing(folder.sub("repo/snapshots")).isEmpty)
-            #expect(folderListing(folder.sub("marker")).isEmpty)
+            #expect(folderListing(folder.file("repo/snapshots")).isEmpty)
+            #expect(folderListing(folder.file("marker")).isEmpty)
             #expect(
                 folderListing(folder.path) == ["backup_20260101_000000.tar.gz", "hostile.py", "marker", "repo"])
-            #expect(folderListing(folder.sub("repo")) == ["config", "objects", "snapshots"])
+            #expect(folderListing(folder.file("repo")) == ["config", "objects", "snapshots"])
             #expect(!FileManager.default.fileExists(atPath: "/etc/evil"))
-            #expect(try snap("--repo", folder.sub("repo"), "check").status == 0)
+            #expect(try snap("--repo", folder.file("repo"), "check").status == 0)
         }
 
         @Test(arguments: refused) func hostileEntryStopsTheImport(name: String, entry: String) throws {
@@ -387,17 +387,17 @@ extension ArchiveTests {
         }
 
         @Test func harmlessLinksAreTakenIn() throws {
-            let folder = try TemporaryFolder()
+            let folder = try TemporaryDirectory()
             let result = try importHostile("benign", in: folder)
             #expect(result.status == 0, "\(result.stderr)")
-            let restored = folder.sub("restored")
+            let restored = folder.file("restored")
             let restore = try snap(
-                "--repo", folder.sub("repo"), "restore", "latest", "--no-db", "--storage-to", restored)
+                "--repo", folder.file("repo"), "restore", "latest", "--no-db", "--storage-to", restored)
             #expect(restore.status == 0, "\(restore.stderr)")
             let tree = try readTree(restored)
             #expect(tree["copy"]?.kind == "file" && tree["copy"]?.content == tree["ok.txt"]?.content)
             #expect(tree["sub/up"]?.target == "../ok.txt" && tree["here"]?.target == ".")
-            #expect(folderListing(folder.sub("marker")).isEmpty)
+            #expect(folderListing(folder.file("marker")).isEmpty)
         }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import SnapCore
+import SnapTestSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -63,27 +64,6 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
 @discardableResult
 func snap(_ arguments: String..., environment: [String: String] = [:]) throws -> RunResult {
     try run(snapBinary, arguments, environment: environment)
-}
-
-/// A fresh folder under the system temp folder, removed when the value goes away.
-final class TemporaryFolder {
-    let path: String
-
-    init() throws {
-        var template = Array((NSTemporaryDirectory() + "/snap-cli-XXXXXX").utf8CString)
-        guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw CocoaError(.fileWriteUnknown)
-        }
-        path = String(cString: result)
-    }
-
-    func sub(_ name: String) -> String { path + "/" + name }
-
-    deinit {
-        // Restore write permission first so that read-only test folders can be removed.
-        _ = try? run("/bin/chmod", ["-R", "u+rwx", path])
-        try? FileManager.default.removeItem(atPath: path)
-    }
 }
 
 /// One entry of a folder tree as the filesystem reports it, for entry-by-entry comparison.
@@ -169,20 +149,6 @@ func objectCount(_ repository: String) throws -> Int {
             .filter { $0.count == 64 }.count
     }
     return count
-}
-
-/// Deterministic pseudo-random bytes.
-func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-    var state = seed &+ 1
-    var bytes = [UInt8](repeating: 0, count: count)
-    for index in 0..<count {
-        if index % 8 == 0 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            state = (state ^ (state >> 31)) &* 0xBF58_476D_1CE4_E5B9
-        }
-        bytes[index] = UInt8(truncatingIfNeeded: state >> (UInt64(index % 8) * 8))
-    }
-    return bytes
 }
 
 func parseJSON(_ text: String) throws -> Any {

@@ -1,5 +1,6 @@
 import Foundation
 import SnapCore
+import SnapTestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -8,9 +9,9 @@ import Testing
 
 @Suite struct CheckTests {
     @Test func flippedByteIsFoundAndNamed() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
-        let storage = folder.sub("storage")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
         try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
         try writeFile(storage + "/data.bin", pseudoRandomBytes(100_000, seed: 8))
         try snap("--repo", repo, "init")
@@ -39,9 +40,9 @@ import Testing
     }
 
     @Test func readDataSubsetReadsSome() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
-        let storage = folder.sub("storage")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
         try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
         for index in 0..<20 { try writeFile(storage + "/f\(index)", pseudoRandomBytes(1000, seed: UInt64(index))) }
         try snap("--repo", repo, "init")
@@ -55,8 +56,8 @@ import Testing
 
 @Suite struct ErrorTests {
     @Test func badInputIsOneLineAndChangesNothing() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
 
         let notRepository = try snap("--repo", repo, "list")
         #expect(notRepository.status == 1)
@@ -70,9 +71,9 @@ import Testing
         #expect(again.stderr.contains("exists already"))
         #expect(again.stderr.split(separator: "\n").count == 1)
 
-        let missing = try snap("--repo", repo, "snapshot", "--no-db", "--storage", folder.sub("nope"))
+        let missing = try snap("--repo", repo, "snapshot", "--no-db", "--storage", folder.file("nope"))
         #expect(missing.status == 1)
-        #expect(missing.stderr.contains(folder.sub("nope")) && missing.stderr.contains("does not exist"))
+        #expect(missing.stderr.contains(folder.file("nope")) && missing.stderr.contains("does not exist"))
         #expect(missing.stderr.split(separator: "\n").count == 1)
         #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
         #expect(try objectCount(repo) == 0)
@@ -87,10 +88,10 @@ import Testing
     }
 
     @Test func unreadableFilesAreRecordedAndExitThree() throws {
-        let folder = try TemporaryFolder()
+        let folder = try TemporaryDirectory()
         chmod(folder.path, 0o755)
-        let repo = folder.sub("repo")
-        let storage = folder.sub("storage")
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
         try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
         try writeFile(storage + "/readable.txt", Array("fine".utf8))
         try writeFile(storage + "/locked.txt", Array("secret".utf8), mode: 0o000)
@@ -109,7 +110,7 @@ import Testing
 
         let show = try run(snapBinary, ["--repo", repo, "show", id], asUser: user)
         #expect(show.stdout.contains("locked.txt") && show.stdout.contains("errors    2"))
-        let restored = folder.sub("restored")
+        let restored = folder.file("restored")
         #expect(
             try run(snapBinary, ["--repo", repo, "restore", id, "--no-db", "--storage-to", restored], asUser: user)
                 .status == 0)

@@ -54,8 +54,8 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     private func dump(_ database: String) throws -> String { try cluster.pgDumpPlain(database: database) }
 
     @Test func snapshotChangeSnapshotRestoresBothExactly() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
         let source = try makeAwkwardDatabase(cluster)
         try snap("--repo", repo, "init")
 
@@ -98,8 +98,8 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     }
 
     @Test func cleanRestoreReplacesAChangedDatabaseAndJobsTwoWorks() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
         let source = try makeAwkwardDatabase(cluster)
         try snap("--repo", repo, "init")
         #expect(try snap("--repo", repo, "snapshot", "--db", cluster.conninfo(database: source)).status == 0)
@@ -124,10 +124,10 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     }
 
     @Test func databaseAndStorageTogether() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
-        let storage = folder.sub("storage")
-        let restored = folder.sub("restored")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
+        let restored = folder.file("restored")
         try FileManager.default.createDirectory(atPath: storage + "/uploads", withIntermediateDirectories: true)
         try writeFile(storage + "/uploads/a.txt", Array("attached to row 1".utf8))
         let source = try makeAwkwardDatabase(cluster)
@@ -150,8 +150,8 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     }
 
     @Test func connectionFailuresAreOneLineAndRecordNothing() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
         try snap("--repo", repo, "init")
         let source = try makeAwkwardDatabase(cluster)
         let cases: [(String, [String])] = [
@@ -171,10 +171,10 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     }
 
     @Test func passwordNeverReachesTheRecordOrTheCommandLine() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
-        let argvLog = folder.sub("argv.log")
-        let hook = folder.sub("pg_dump")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let argvLog = folder.file("argv.log")
+        let hook = folder.file("pg_dump")
         let source = try makeAwkwardDatabase(cluster)
         try cluster.psql("GRANT pg_read_all_data TO \(cluster.passwordUser)", database: source)
         let realDump = cluster.binDirectory + "/pg_dump"
@@ -194,9 +194,9 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     }
 
     @Test func killedPgDumpRecordsNothing() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
-        let hook = folder.sub("pg_dump")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let hook = folder.file("pg_dump")
         let source = try makeAwkwardDatabase(cluster)
         // Real output for a while, then the process dies of SIGKILL mid-stream.
         let realDump = cluster.binDirectory + "/pg_dump"

@@ -1,5 +1,6 @@
 import Foundation
 import SnapCore
+import SnapTestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -58,10 +59,10 @@ func makeAwkwardTree(at root: String) throws {
 
 @Suite struct SnapshotRestoreTests {
     @Test func everyKindOfEntryRestoresExactly() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
-        let storage = folder.sub("storage")
-        let restored = folder.sub("restored")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
+        let restored = folder.file("restored")
         try makeAwkwardTree(at: storage)
         let source = try readTree(storage)
 
@@ -87,9 +88,9 @@ func makeAwkwardTree(at root: String) throws {
     }
 
     @Test func unchangedTreeAddsNoObjects() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
-        let storage = folder.sub("storage")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
         try FileManager.default.createDirectory(atPath: storage + "/a", withIntermediateDirectories: true)
         try writeFile(storage + "/a/one.bin", pseudoRandomBytes(3 << 20, seed: 4))
         try writeFile(storage + "/two.txt", Array("two".utf8))
@@ -111,10 +112,10 @@ func makeAwkwardTree(at root: String) throws {
     }
 
     @Test func cleanRestoreMirrorsTheSnapshot() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
-        let storage = folder.sub("storage")
-        let target = folder.sub("target")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
+        let target = folder.file("target")
         let fm = FileManager.default
         try fm.createDirectory(atPath: storage + "/keep", withIntermediateDirectories: true)
         try writeFile(storage + "/keep/file.txt", Array("original".utf8), mtime: 1_000_000_000_000_000_000)
@@ -148,10 +149,10 @@ func makeAwkwardTree(at root: String) throws {
     }
 
     @Test func restoreNeverWritesOutsideTheTarget() throws {
-        let folder = try TemporaryFolder()
-        let repo = folder.sub("repo")
-        let outside = folder.sub("outside")
-        let target = folder.sub("target")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let outside = folder.file("outside")
+        let target = folder.file("target")
         try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
         let repository = try Repository.initialize(at: repo)
 
@@ -197,7 +198,7 @@ func makeAwkwardTree(at root: String) throws {
             #expect(result.status == 1)
             #expect(result.stderr.contains("unsafe"), "\(result.stderr)")
             #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty)
-            #expect(!FileManager.default.fileExists(atPath: folder.sub("pwned")))
+            #expect(!FileManager.default.fileExists(atPath: folder.file("pwned")))
             #expect(!FileManager.default.fileExists(atPath: "/tmp/pwned"))
             let written = (try? FileManager.default.contentsOfDirectory(atPath: target)) ?? []
             #expect(written.isEmpty, "restore wrote \(written) before refusing")

@@ -1,4 +1,5 @@
 import Foundation
+import SnapTestSupport
 import Testing
 
 @testable import SnapCore
@@ -41,7 +42,7 @@ import Testing
     }
 
     @Test func manifestStreamsThroughTheStore() throws {
-        let folder = try TemporaryFolder()
+        let folder = try TemporaryDirectory()
         let repository = try Repository.initialize(at: folder.path + "/repo")
         let objects = ObjectWriter(store: repository.store, known: [], compressionLevel: 3)
         // Tiny chunks so that lines straddle chunk boundaries.
@@ -84,7 +85,7 @@ import Testing
     }
 
     @Test func initRefusesAnExistingRepositoryAndOpenChecksTheFormat() throws {
-        let folder = try TemporaryFolder()
+        let folder = try TemporaryDirectory()
         let path = folder.path + "/repo"
         let repository = try Repository.initialize(at: path)
         #expect(repository.config.compression.level == 3)
@@ -106,7 +107,7 @@ import Testing
     }
 
     @Test func recordIdIsTheHashOfItsFile() throws {
-        let folder = try TemporaryFolder()
+        let folder = try TemporaryDirectory()
         let repository = try Repository.initialize(at: folder.path + "/repo")
         let snapshot = try repository.commit(record(tag: "a", seconds: 100))
         let bytes = try Data(contentsOf: URL(fileURLWithPath: folder.path + "/repo/snapshots/\(snapshot.id).json"))
@@ -117,7 +118,7 @@ import Testing
     }
 
     @Test func resolvesLatestPrefixesAndReportsAmbiguity() throws {
-        let folder = try TemporaryFolder()
+        let folder = try TemporaryDirectory()
         let repository = try Repository.initialize(at: folder.path + "/repo")
         #expect(throws: SnapError.self) { try repository.resolve("latest") }
         // Enough snapshots that two ids share their first four hex digits (birthday bound).
@@ -144,7 +145,7 @@ import Testing
     }
 
     @Test func damagedRecordsAreReportedNotFatal() throws {
-        let folder = try TemporaryFolder()
+        let folder = try TemporaryDirectory()
         let repository = try Repository.initialize(at: folder.path + "/repo")
         let good = try repository.commit(record(tag: "good", seconds: 1))
         let bad = try repository.commit(record(tag: "bad", seconds: 2))

@@ -1,4 +1,5 @@
 import Foundation
+import SnapTestSupport
 import Testing
 
 @testable import SnapCore
@@ -52,7 +53,7 @@ import Testing
 
 @Suite struct ObjectStoreTests {
     @Test func putGetContainsListDelete() throws {
-        let folder = try TemporaryFolder()
+        let folder = try TemporaryDirectory()
         let store = LocalObjectStore(root: folder.path)
         let content = Array("hello".utf8)
         let id = ObjectID(hashing: content)
@@ -92,7 +93,7 @@ import Testing
     }
 
     @Test func writerStoresEachChunkOnceAndCounts() throws {
-        let folder = try TemporaryFolder()
+        let folder = try TemporaryDirectory()
         let store = LocalObjectStore(root: folder.path)
         let writer = ObjectWriter(store: store, known: [], compressionLevel: 3, workerCount: 2, batchBytes: 10_000)
         var ids: [ObjectID] = []
@@ -117,7 +118,7 @@ import Testing
 @Suite struct DeferredPublishingTests {
     /// Objects appear under their names only at `flush`, all of them, with no temporary file left.
     @Test func objectsAppearAtFlushAndTemporariesGo() throws {
-        let folder = try TemporaryFolder()
+        let folder = try TemporaryDirectory()
         let store = LocalObjectStore(root: folder.path, flushEvery: 1000)
         let ids = (0..<10).map { ObjectID(hashing: [UInt8($0)]) }
         for id in ids { #expect(try store.put(id, encoded: [1])) }
@@ -130,7 +131,7 @@ import Testing
     }
 
     @Test func putFlushesByItselfPastTheLimit() throws {
-        let folder = try TemporaryFolder()
+        let folder = try TemporaryDirectory()
         let store = LocalObjectStore(root: folder.path, flushEvery: 4)
         let ids = (0..<9).map { ObjectID(hashing: [UInt8($0)]) }
         for id in ids { try store.put(id, encoded: [2]) }

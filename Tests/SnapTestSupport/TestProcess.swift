@@ -1,4 +1,5 @@
 import Foundation
+import SnapTestSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -150,4 +151,27 @@ public final class TemporaryDirectory: @unchecked Sendable {
         guard chmod(target, mode_t(mode)) == 0 else { throw TestSupportError("cannot chmod \(target)") }
         return target
     }
+}
+
+/// Deterministic pseudo-random bytes (SplitMix64), so tests see the same data on every run.
+public func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+    var state = seed
+    var bytes = [UInt8](repeating: 0, count: count)
+    bytes.withUnsafeMutableBytes { raw in
+        var index = 0
+        while index < count {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            withUnsafeBytes(of: z.littleEndian) { word in
+                for byte in word where index < count {
+                    raw[index] = byte
+                    index += 1
+                }
+            }
+        }
+    }
+    return bytes
 }
