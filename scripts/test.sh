@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/bootstrap.sh
-swift format lint --strict --recursive Package.swift Sources Tests Benchmarks/Package.swift Benchmarks/SnapBenchmarks
+swift format lint --strict --recursive Package.swift Sources Tests Benchmarks/Package.swift Benchmarks/Benchmarks Benchmarks/Support
 swift build --build-tests
 swift test --skip-build

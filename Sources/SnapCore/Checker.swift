@@ -75,27 +75,40 @@ public struct Checker: Sendable {
 
     /// Reads and re-hashes objects on every core; returns the damaged ones with the reason.
     private func verify(_ ids: [ObjectID]) -> [ObjectID: String] {
-        let damaged = Mutex<[ObjectID: String]>([:])
+        let damaged = DamageList()
         let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
         let perWorker = (ids.count + workers - 1) / max(workers, 1)
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            let decompressor = ZstdDecompressor()
+        // Plain threads, not concurrentPerform: that one may run everything on the calling thread.
+        let done = DispatchGroup()
+        for worker in 0..<workers {
             let start = worker * perWorker
-            guard start < ids.count else { return }
-            for id in ids[start..<min(ids.count, start + perWorker)] {
-                let reason: String?
-                do {
-                    if case .failure(let damage) = try repository.decodeObject(id, decompressor: decompressor) {
-                        reason = damage.reason
-                    } else {
-                        reason = nil
+            guard start < ids.count else { break }
+            let slice = ids[start..<min(ids.count, start + perWorker)]
+            done.enter()
+            Thread { [repository] in
+                let decompressor = ZstdDecompressor()
+                for id in slice {
+                    let reason: String?
+                    do {
+                        if case .failure(let damage) = try repository.decodeObject(id, decompressor: decompressor) {
+                            reason = damage.reason
+                        } else {
+                            reason = nil
+                        }
+                    } catch {
+                        reason = "\(error)"
                     }
-                } catch {
-                    reason = "\(error)"
+                    if let reason { damaged.list.withLock { $0[id] = reason } }
                 }
-                if let reason { damaged.withLock { $0[id] = reason } }
-            }
+                done.leave()
+            }.start()
         }
-        return damaged.withLock { $0 }
+        done.wait()
+        return damaged.list.withLock { $0 }
     }
+}
+
+/// Damaged objects found by the verifying threads.
+private final class DamageList: Sendable {
+    let list = Mutex<[ObjectID: String]>([:])
 }

@@ -1,3 +1,6 @@
+import Dispatch
+import Foundation
+
 /// Test data shared by the benchmark executables. Everything is generated from fixed seeds, so
 /// every run (and every machine) benchmarks the same bytes.
 
@@ -53,7 +56,9 @@ public final class TestData: @unchecked Sendable {
             var generator = Xoshiro256(seed: seed)
             let words = buffer.bindMemory(to: UInt64.self)
             for index in words.indices { words[index] = generator.next() }
-            for index in (words.count * 8)..<buffer.count { buffer[index] = UInt8(truncatingIfNeeded: generator.next()) }
+            for index in (words.count * 8)..<buffer.count {
+                buffer[index] = UInt8(truncatingIfNeeded: generator.next())
+            }
         }
     }
 
@@ -68,10 +73,11 @@ public final class TestData: @unchecked Sendable {
             for _ in 0..<2000 {
                 let length = 2 + Int(generator.next() % 9)
                 // Skewed letter choice, like English text.
-                vocabulary.append((0..<length).map { _ in
-                    let r = Int(generator.next() % 676)
-                    return letters[min(25, Int(Double(r).squareRoot()))]
-                })
+                vocabulary.append(
+                    (0..<length).map { _ in
+                        let r = Int(generator.next() % 676)
+                        return letters[min(25, Int(Double(r).squareRoot()))]
+                    })
             }
             let levels = ["INFO", "INFO", "INFO", "DEBUG", "WARN", "ERROR"].map { Array($0.utf8) }
             var out = 0
@@ -94,12 +100,17 @@ public final class TestData: @unchecked Sendable {
             while out < buffer.count {
                 seconds += generator.next() % 3
                 put(Array("2026-11-27T".utf8))
-                putNumber(seconds / 3600 % 24, width: 2); put([UInt8(ascii: ":")])
-                putNumber(seconds / 60 % 60, width: 2); put([UInt8(ascii: ":")])
-                putNumber(seconds % 60, width: 2); put([UInt8(ascii: ".")])
-                putNumber(generator.next() % 1_000_000, width: 6); put(Array("Z ".utf8))
+                putNumber(seconds / 3600 % 24, width: 2)
+                put([UInt8(ascii: ":")])
+                putNumber(seconds / 60 % 60, width: 2)
+                put([UInt8(ascii: ":")])
+                putNumber(seconds % 60, width: 2)
+                put([UInt8(ascii: ".")])
+                putNumber(generator.next() % 1_000_000, width: 6)
+                put(Array("Z ".utf8))
                 put(levels[Int(generator.next() % UInt64(levels.count))])
-                put(Array(" worker-".utf8)); putNumber(generator.next() % 16, width: 2)
+                put(Array(" worker-".utf8))
+                putNumber(generator.next() % 16, width: 2)
                 let words = 4 + Int(generator.next() % 12)
                 for _ in 0..<words {
                     put([UInt8(ascii: " ")])
@@ -107,8 +118,10 @@ public final class TestData: @unchecked Sendable {
                     let u = Double(generator.next() % 1_000_000) / 1_000_000
                     put(vocabulary[Int(u * u * u * Double(vocabulary.count))])
                 }
-                put(Array(" id=".utf8)); putNumber(generator.next() % 100_000_000, width: 8)
-                put(Array(" ms=".utf8)); putNumber(generator.next() % 1000, width: 3)
+                put(Array(" id=".utf8))
+                putNumber(generator.next() % 100_000_000, width: 8)
+                put(Array(" ms=".utf8))
+                putNumber(generator.next() % 1000, width: 3)
                 put([UInt8(ascii: "\n")])
             }
         }
@@ -130,3 +143,18 @@ public func megabytesPerSecond(_ bytes: Int, _ elapsed: Duration) -> Int {
 
 /// Human-readable byte count for setup messages.
 public func mebibytes(_ bytes: Int) -> String { "\(bytes >> 20) MiB" }
+
+/// Runs `body(0..<count)` on `count` new threads (like ObjectWriter's workers) and waits for all.
+/// Plain threads rather than `DispatchQueue.concurrentPerform`, which can end up running every
+/// index on the calling thread when the benchmark runner already occupies the dispatch pool.
+public func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let done = DispatchSemaphore(value: 0)
+    for index in 0..<count {
+        let thread = Thread {
+            body(index)
+            done.signal()
+        }
+        thread.start()
+    }
+    for _ in 0..<count { done.wait() }
+}
