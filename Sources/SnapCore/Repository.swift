@@ -194,6 +194,36 @@ public final class Repository: Sendable {
         return Snapshot(id: id, record: record)
     }
 
+    /// Removes temporary files that interrupted runs left (names starting with `.tmp-`) in the
+    /// repository folder, `snapshots/` and `objects/XX/`. Only safe under the exclusive lock.
+    func removeLeftovers(dryRun: Bool) throws -> Int {
+        var removed = 0
+        var folders = [path, snapshotsPath]
+        let objects = try FileHandle.open(objectsPath, O_RDONLY | O_DIRECTORY)
+        for name in try Posix.listDirectory(objects) where name.count == 2 {
+            folders.append(join(objectsPath, String(decoding: name, as: UTF8.self)))
+        }
+        for folder in folders {
+            let handle = try FileHandle.open(folder, O_RDONLY | O_DIRECTORY)
+            for raw in try Posix.listDirectory(handle) {
+                let name = String(decoding: raw, as: UTF8.self)
+                guard name.hasPrefix(LocalObjectStore.temporaryPrefix) else { continue }
+                if !dryRun { try Posix.unlink(name, in: handle) }
+                removed += 1
+            }
+        }
+        return removed
+    }
+
+    /// Deletes snapshot records (forget). Their objects stay until `prune`. Only under the
+    /// exclusive lock.
+    public func forget(_ ids: [String]) throws {
+        guard !ids.isEmpty else { return }
+        let folder = try FileHandle.open(snapshotsPath, O_RDONLY | O_DIRECTORY)
+        for id in ids { try Posix.unlink(id + ".json", in: folder) }
+        try folder.sync()
+    }
+
     // MARK: Files
 
     /// Temporary file in the same folder, fsync, rename (or, with `replace: false`, link, which

@@ -32,6 +32,8 @@ public struct SnapError: Error, CustomStringConvertible, Sendable {
         public static let invalidInput = Code(name: "invalid-input")
         /// A path in a snapshot that would lead outside the restore target.
         public static let unsafePath = Code(name: "unsafe-path")
+        /// Another process holds the repository lock.
+        public static let locked = Code(name: "locked")
     }
 
     public var code: Code

@@ -32,7 +32,8 @@ struct ExportCommand: ParsableCommand {
     var output: String = "."
 
     func run() throws {
-        let repository = try global.openRepository()
+        let (repository, lock) = try global.openRepository(locking: .shared)
+        defer { withExtendedLifetime(lock) {} }
         let snapshot = try repository.resolve(id)
         let exporter = SnapshotExporter(repository: repository, snapshot: snapshot)
         if output == "-" {
@@ -93,7 +94,8 @@ struct ImportCommand: ParsableCommand {
     var json = false
 
     func run() throws {
-        let repository = try global.openRepository()
+        let (repository, lock) = try global.openRepository(locking: .shared)
+        defer { withExtendedLifetime(lock) {} }
         let importer = BackupImporter(repository: repository, program: "snap \(Snap.version)")
         var archives: [String] = []
         for path in paths { archives += try BackupImporter.archives(at: path) }

@@ -104,7 +104,8 @@ struct SnapshotCommand: ParsableCommand {
     }
 
     func run() throws {
-        let repository = try global.openRepository()
+        let (repository, lock) = try global.openRepository(locking: .shared)
+        defer { withExtendedLifetime(lock) {} }
         let storagePath =
             storage ?? ProcessInfo.processInfo.environment["SNAP_STORAGE"].flatMap { $0.isEmpty ? nil : $0 }
         guard !noDB || storagePath != nil else {
@@ -294,7 +295,8 @@ struct RestoreCommand: ParsableCommand {
     }
 
     func run() throws {
-        let repository = try global.openRepository()
+        let (repository, lock) = try global.openRepository(locking: .shared)
+        defer { withExtendedLifetime(lock) {} }
         let snapshot = try repository.resolve(id)
         let hasDatabase = snapshot.record.sources.database != nil
         let hasStorage = Restorer.hasStorage(snapshot)
@@ -427,7 +429,8 @@ struct CheckCommand: ParsableCommand {
     }
 
     func run() throws {
-        let repository = try global.openRepository()
+        let (repository, lock) = try global.openRepository(locking: .shared)
+        defer { withExtendedLifetime(lock) {} }
         let percent: Double? = readData ? 100 : readDataSubset.flatMap(parsedPercent)
         let report = try Checker(repository: repository).run(readDataPercent: percent)
         var summary = "checked \(report.snapshots) snapshot(s), \(report.referencedObjects) referenced object(s)"

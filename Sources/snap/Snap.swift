@@ -16,6 +16,8 @@ enum ExitStatus {
     static let usage: Int32 = 2
     /// A snapshot was recorded, but some files could not be read (listed in the snapshot).
     static let partialSnapshot: Int32 = 3
+    /// Another process holds the repository lock (prune or forget while the repository is busy).
+    static let locked: Int32 = 4
 }
 
 @main
@@ -36,7 +38,8 @@ struct Snap: ParsableCommand {
         version: version,
         subcommands: [
             InitCommand.self, SnapshotCommand.self, ListCommand.self, ShowCommand.self,
-            RestoreCommand.self, CheckCommand.self, ExportCommand.self, ImportCommand.self,
+            RestoreCommand.self, CheckCommand.self, ExportCommand.self, ImportCommand.self, ForgetCommand.self,
+            PruneCommand.self,
         ]
     )
 
@@ -49,7 +52,7 @@ struct Snap: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
         } catch let error as SnapError {
-            fail(error.description)
+            fail(error.description, status: error.code == .locked ? ExitStatus.locked : ExitStatus.failure)
         } catch let error as PostgresError {
             fail(error.description)
         } catch let error as CommandFailure {
@@ -88,6 +91,18 @@ struct GlobalOptions: ParsableArguments {
 
     func openRepository() throws -> Repository {
         try Repository.open(at: repositoryPath)
+    }
+
+    /// Opens the repository and takes its lock: shared commands wait for a forget or prune to
+    /// finish (saying so on stderr); exclusive ones wait at most `timeout` seconds.
+    func openRepository(locking kind: RepositoryLock.Kind, timeout: Double? = nil) throws -> (
+        Repository, RepositoryLock
+    ) {
+        let repository = try openRepository()
+        let lock = try RepositoryLock.acquire(kind, repository: repository, timeout: timeout) {
+            StandardError.write("snap: \($0)\n")
+        }
+        return (repository, lock)
     }
 }
 
