@@ -42,6 +42,8 @@ public final class Repository: Sendable {
         try Posix.setMode(path, in: nil, mode: 0o700)
         try Posix.ensureDirectory(join(path, "objects"), in: nil)
         try Posix.ensureDirectory(join(path, "snapshots"), in: nil)
+        // The lock file exists from the start, so that the layout never changes under readers.
+        _ = try FileHandle.open(join(path, "lock"), O_WRONLY | O_CREAT, mode: 0o600)
         // The config goes last: a folder without it is not a repository, so a failed init leaves
         // nothing that later commands would mistake for one.
         let encoder = JSONEncoder()

@@ -371,7 +371,7 @@ extension ArchiveTests {
             #expect(folderListing(folder.file("marker")).isEmpty)
             #expect(
                 folderListing(folder.path) == ["backup_20260101_000000.tar.gz", "hostile.py", "marker", "repo"])
-            #expect(folderListing(folder.file("repo")) == ["config", "objects", "snapshots"])
+            #expect(folderListing(folder.file("repo")) == ["config", "lock", "objects", "snapshots"])
             #expect(!FileManager.default.fileExists(atPath: "/etc/evil"))
             #expect(try snap("--repo", folder.file("repo"), "check").status == 0)
         }
