@@ -76,6 +76,7 @@ public final class LocalObjectStore: ObjectStore {
             unlink(temporary)
             throw error
         }
+        FaultInjection.step()
         let count = pending.withLock {
             $0.append((temporary, final, folder))
             return $0.count
@@ -125,6 +126,7 @@ public final class LocalObjectStore: ObjectStore {
     public func delete(_ id: ObjectID) throws {
         try Posix.unlink(path(for: id), in: nil)
         dirtyFolders.withLock { _ = $0.insert(folder(for: id)) }
+        FaultInjection.step()
     }
 
     public func flush() throws {
@@ -141,6 +143,7 @@ public final class LocalObjectStore: ObjectStore {
                         throw SnapError(.io, "cannot store object \(object.final)", cause: Errno(errno))
                     }
                     dirtyFolders.withLock { _ = $0.insert(object.folder) }
+                    FaultInjection.step()
                 }
             }
             let folders = dirtyFolders.withLock { folders in

@@ -192,6 +192,7 @@ public final class Repository: Sendable {
         try store.flush()
         let bytes = try record.encoded()
         let id = ObjectID(hashing: bytes).hex
+        FaultInjection.step()
         try Repository.writeFileAtomically(join(snapshotsPath, id + ".json"), bytes)
         return Snapshot(id: id, record: record)
     }
@@ -222,7 +223,10 @@ public final class Repository: Sendable {
     public func forget(_ ids: [String]) throws {
         guard !ids.isEmpty else { return }
         let folder = try FileHandle.open(snapshotsPath, O_RDONLY | O_DIRECTORY)
-        for id in ids { try Posix.unlink(id + ".json", in: folder) }
+        for id in ids {
+            try Posix.unlink(id + ".json", in: folder)
+            FaultInjection.step()
+        }
         try folder.sync()
     }
 
