@@ -11,6 +11,8 @@ public struct Checker: Sendable {
         public var referencedObjects = 0
         /// One line per problem, naming the damaged thing and the snapshots that need it.
         public var problems: [String] = []
+        /// Files that do not belong in a repository: reported, ignored, never a reason to fail.
+        public var warnings: [String] = []
         public var isHealthy: Bool { problems.isEmpty }
     }
 
@@ -26,6 +28,9 @@ public struct Checker: Sendable {
         report.problems += recordProblems
         report.snapshots = snapshots.count
         let stored = try repository.objectNames()
+        report.warnings = try repository.foreignFiles().map {
+            "\($0) does not belong in a snap repository; snap ignores it (move it elsewhere)"
+        }
 
         // Which objects each snapshot needs; the manifest's own chunks count too.
         let reader = ManifestReader(repository: repository)

@@ -436,6 +436,7 @@ struct CheckCommand: ParsableCommand {
         var summary = "checked \(report.snapshots) snapshot(s), \(report.referencedObjects) referenced object(s)"
         if percent != nil { summary += ", read \(report.objectsChecked) object(s)" }
         print(summary)
+        for warning in report.warnings { StandardError.write("snap: warning: \(warning)\n") }
         if report.isHealthy {
             print("no problems found")
             return

@@ -118,3 +118,43 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: restored + "/locked.txt"))
     }
 }
+
+@Suite struct RepositoryDamageTests {
+    @Test func foreignFilesTruncatedRecordsAndNewerConfigGiveClearMessages() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
+        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
+        try writeFile(storage + "/a.txt", Array("a".utf8))
+        try snap("--repo", repo, "init")
+        let id = try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+
+        // Foreign files: named as warnings, ignored, no failure.
+        try writeFile(repo + "/NOTES.txt", Array("mine".utf8))
+        try FileManager.default.createDirectory(atPath: repo + "/objects/zz", withIntermediateDirectories: true)
+        let check = try snap("--repo", repo, "check")
+        #expect(check.status == 0, "\(check.stderr)")
+        #expect(check.stderr.contains("NOTES.txt") && check.stderr.contains("objects/zz"))
+
+        // A truncated record: named, the command does not crash, check fails.
+        let record = repo + "/snapshots/\(id).json"
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: record))
+        try bytes.prefix(40).write(to: URL(fileURLWithPath: record))
+        let damaged = try snap("--repo", repo, "check")
+        #expect(damaged.status == 1)
+        #expect(damaged.stdout.contains(id) && damaged.stdout.contains("damaged"), "\(damaged.stdout)")
+        let list = try snap("--repo", repo, "list")
+        #expect(list.status == 0 && list.stderr.contains(id))
+
+        // A config from a newer format: one line naming the version and the fix.
+        let config = repo + "/config"
+        let text = try String(contentsOfFile: config, encoding: .utf8)
+            .replacingOccurrences(of: "\"version\" : 1", with: "\"version\" : 7")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        let newer = try snap("--repo", repo, "list")
+        #expect(newer.status == 1)
+        #expect(newer.stderr.contains("version 7") && newer.stderr.contains("upgrade snap"), "\(newer.stderr)")
+        #expect(newer.stderr.split(separator: "\n").count == 1)
+    }
+}
