@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a fresh machine: installs what is missing, builds snap, starts a
 # throwaway PostgreSQL with a demo database and a demo storage folder, then snapshot, change,
-# snapshot, list, restore (database and folder, compared with the originals), check.
+# snapshot, list, restore (database and folder, compared with the originals), export, check.
 # Everything lives in a temp folder that is removed at the end (KEEP=1 keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +68,11 @@ createdb app_restored
 pg_dump -Fp --restrict-key=snapdemo app_restored > "$work/app-restored.sql"
 cmp "$work/app-at-first.sql" "$work/app-restored.sql" && echo "database: identical to the first snapshot's (pg_dump -Fp)"
 diff -r --no-dereference "$work/storage-at-first" "$work/restored" && echo "storage: identical to the first snapshot's"
+
+step "snap export: the classic backup_YYYYMMDD_HHMMSS.tar.gz, for pg_restore and tar"
+archive=$("$snap" export latest -o "$work/")
+tar -tzvf "$archive" | sed -n 1,5p
+pg_restore -l "$(mkdir -p "$work/x" && tar -xzf "$archive" -C "$work/x" database.dump && echo "$work/x/database.dump")" | sed -n 1,6p
 
 step "snap check --read-data"
 "$snap" check --read-data
