@@ -411,6 +411,9 @@ struct CheckCommand: ParsableCommand {
     @Flag(name: .customLong("read-data"), help: "Read and verify every object.")
     var readData = false
 
+    @Flag(name: .long, help: "Print the report as JSON.")
+    var json = false
+
     @Option(
         name: .customLong("read-data-subset"),
         help: ArgumentHelp("Read and verify a random PERCENT of the objects.", valueName: "percent"))
@@ -433,6 +436,11 @@ struct CheckCommand: ParsableCommand {
         defer { withExtendedLifetime(lock) {} }
         let percent: Double? = readData ? 100 : readDataSubset.flatMap(parsedPercent)
         let report = try Checker(repository: repository).run(readDataPercent: percent)
+        if json {
+            try printJSON(CheckOutput(report: report, readData: percent != nil))
+            if !report.isHealthy { throw ExitCode(ExitStatus.failure) }
+            return
+        }
         var summary = "checked \(report.snapshots) snapshot(s), \(report.referencedObjects) referenced object(s)"
         if percent != nil { summary += ", read \(report.objectsChecked) object(s)" }
         print(summary)
@@ -444,5 +452,27 @@ struct CheckCommand: ParsableCommand {
         for problem in report.problems { print("error: \(problem)") }
         throw CommandFailure(
             message: "the repository has \(report.problems.count) problem(s), listed above", status: ExitStatus.failure)
+    }
+}
+
+/// `snap check --json`.
+private struct CheckOutput: Encodable {
+    var report: Checker.Report
+    var readData: Bool
+
+    enum CodingKeys: String, CodingKey {
+        case ok, snapshots, problems, warnings
+        case referencedObjects = "referenced_objects"
+        case objectsRead = "objects_read"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(report.isHealthy, forKey: .ok)
+        try container.encode(report.snapshots, forKey: .snapshots)
+        try container.encode(report.referencedObjects, forKey: .referencedObjects)
+        try container.encode(readData ? report.objectsChecked : 0, forKey: .objectsRead)
+        try container.encode(report.problems, forKey: .problems)
+        try container.encode(report.warnings, forKey: .warnings)
     }
 }

@@ -39,7 +39,7 @@ struct Snap: ParsableCommand {
         subcommands: [
             InitCommand.self, SnapshotCommand.self, ListCommand.self, ShowCommand.self,
             RestoreCommand.self, CheckCommand.self, ExportCommand.self, ImportCommand.self, ForgetCommand.self,
-            PruneCommand.self,
+            PruneCommand.self, DiffCommand.self, StatsCommand.self,
         ]
     )
 
