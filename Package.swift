@@ -45,7 +45,7 @@ let package = Package(
         // libpq sessions, server facts, pg_dump / pg_restore processes.
         .target(
             name: "SnapPostgres",
-            dependencies: ["SnapCore", "CPQ"]
+            dependencies: ["SnapCore", "CPQ", "CLinux"]
         ),
         // The classic tar.gz: POSIX tar with pax headers, parallel gzip, and the readers for import.
         .target(

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 #if canImport(Glibc)
@@ -23,10 +24,10 @@ public enum Termination: Equatable, Sendable, CustomStringConvertible {
 /// A pg_dump or pg_restore child, started with posix_spawn, with its stderr kept in a bounded
 /// buffer.
 ///
-/// Its stdin, stdout and stderr are Unix socket pairs rather than pipes: they can be created
-/// close-on-exec in one call (Swift's Glibc module lacks the GNU `pipe2`), and writing to a
-/// child that is gone fails with EPIPE under MSG_NOSIGNAL instead of killing us with SIGPIPE. A
-/// child writing to a closed socket still gets SIGPIPE, as with a pipe.
+/// Its stdin and stderr are Unix socket pairs, created close-on-exec in one call: writing to a
+/// child that is gone fails with EPIPE under MSG_NOSIGNAL instead of killing us with SIGPIPE. Its
+/// stdout is a close-on-exec pipe (`pipe2` from CLinux), which is cheaper for the many small
+/// writes pg_dump makes. A child writing to a closed socket or pipe gets SIGPIPE and ends.
 ///
 /// Single-threaded on purpose: every read of stdout and write to stdin polls stderr too, so a
 /// child that writes a lot of stderr can never block while we wait for its stdout (or the other
@@ -86,12 +87,10 @@ final class ChildProcess {
             posix_spawn_file_actions_adddup2(&actions, pair.child, 0)
         }
         if captureOutput {
-            guard let pair = makeChannel() else { throw fail("socketpair", errno) }
+            guard let pair = makeOutputPipe() else { throw fail("pipe", errno) }
             outputFD = pair.parent
             parentEnds.append(pair.parent)
             childEnds.append(pair.child)
-            shutdown(pair.parent, Int32(SHUT_WR))
-            batchWakeUps(reader: pair.parent, writer: pair.child)
             posix_spawn_file_actions_adddup2(&actions, pair.child, 1)
         } else {
             posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
@@ -262,14 +261,14 @@ private let addCloseFrom: AddCloseFrom? = {
 }()
 
 /// A connected, close-on-exec socket pair: one end for us, one to hand to the child.
-/// pg_dump writes its output a few KiB at a time; waking our reader for each piece costs more than
-/// chunking and hashing them. A larger send buffer and a receive low-water mark let a read wait
-/// for 64 KiB (or the end) instead. The mark stays well below the buffer, so it is always reached.
-private func batchWakeUps(reader: Int32, writer: Int32) {
-    var sendBuffer: Int32 = 1 << 20
-    setsockopt(writer, SOL_SOCKET, SO_SNDBUF, &sendBuffer, socklen_t(MemoryLayout<Int32>.size))
-    var lowWater: Int32 = 64 << 10
-    setsockopt(reader, SOL_SOCKET, SO_RCVLOWAT, &lowWater, socklen_t(MemoryLayout<Int32>.size))
+/// stdout is a pipe, not a socket pair: pg_dump writes its output a few KiB at a time, and each
+/// write to a Unix socket allocates a buffer and wakes the reader, which cost more than chunking
+/// and hashing the bytes. A 1 MiB pipe (where the kernel allows it) lets pg_dump run ahead.
+private func makeOutputPipe() -> (parent: Int32, child: Int32)? {
+    var ends: [Int32] = [-1, -1]
+    guard pipe2(&ends, O_CLOEXEC) == 0 else { return nil }
+    _ = fcntl(ends[0], F_SETPIPE_SZ, Int32(1 << 20))
+    return (ends[0], ends[1])
 }
 
 private func makeChannel() -> (parent: Int32, child: Int32)? {
