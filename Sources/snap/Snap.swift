@@ -30,10 +30,11 @@ struct Snap: ParsableCommand {
         discussion: """
             The repository is --repo, else $SNAP_REPO, else /backups.
 
-            Example:
+            Examples:
               snap --repo /backups init
-              snap --repo /backups snapshot --no-db --storage /srv/app/storage --tag nightly
-              snap --repo /backups restore latest --no-db --storage-to /tmp/storage-restored
+              snap --repo /backups snapshot --db "dbname=app" --storage /srv/app/storage --tag hourly
+              snap --repo /backups list
+              snap --repo /backups restore latest --db "dbname=app_copy" --storage-to /tmp/storage
             """,
         version: version,
         subcommands: [
