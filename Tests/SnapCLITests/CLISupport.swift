@@ -56,8 +56,11 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     done.wait()
+    // A child killed by a signal reports 128 + the signal, as a shell does, never a bare number.
+    let signaled = process.terminationReason == .uncaughtSignal
     return RunResult(
-        status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+        status: signaled ? 128 + process.terminationStatus : process.terminationStatus,
+        stdout: String(decoding: outData, as: UTF8.self),
         stderr: String(decoding: errData.data, as: UTF8.self))
 }
 
