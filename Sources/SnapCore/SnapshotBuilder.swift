@@ -17,12 +17,16 @@ public protocol DatabaseDump: AnyObject {
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// Waits for the dump to end; throws when it failed, so that no snapshot is recorded.
     func finish() throws
+    /// Ends the session without dumping: the parent snapshot's dump is reused.
+    func skip()
 }
 
 /// What to put into a new snapshot.
 public struct SnapshotOptions {
     public var storage: String?
     public var tags: [String]
+    /// Dump even when the database provably has not changed since the last snapshot of it.
+    public var forceDump = false
     public var host: String
     public var program: String
 
@@ -78,7 +82,13 @@ public final class SnapshotBuilder {
         let writer = try SnapshotWriter(repository: repository)
 
         // The database first, so that the files its committed rows point to are present below.
-        if let dump {
+        var reusedFrom: String?
+        if let dump, !options.forceDump, let (parent, entry) = try unchangedDump(dump.facts) {
+            dump.skip()
+            reusedFrom = parent.id
+            // The entry as it was, time included: it is the same dump, taken then.
+            try writer.append(entry)
+        } else if let dump {
             // No read-ahead thread: pg_dump writes into a 1 MiB pipe, so it runs ahead while this
             // thread chunks and hashes (a separate reading thread measured no faster).
             let stream = try writer.storeStream(.database, read: { try dump.read(into: $0) })
@@ -96,7 +106,27 @@ public final class SnapshotBuilder {
         }
         return try writer.commit(
             time: started, host: options.host, tags: options.tags, program: options.program,
-            sources: .init(storage: storage, database: dump?.facts), errors: errors)
+            sources: .init(storage: storage, database: dump?.facts, databaseReusedFrom: reusedFrom), errors: errors)
+    }
+
+    /// The newest snapshot of the same database whose dump is provably still exact, and its dump
+    /// entry: same cluster (system identifier), database, WAL position, sequence states and
+    /// pg_dump version, and no unlogged tables (their changes write no WAL). Anything unknown
+    /// means no.
+    private func unchangedDump(_ facts: DatabaseFacts) throws -> (Snapshot, ManifestEntry)? {
+        guard !facts.systemIdentifier.isEmpty, !facts.walPosition.isEmpty, facts.unloggedTables == 0,
+            let digest = facts.sequencesDigest
+        else { return nil }
+        let parent = try repository.snapshots().snapshots.last { snapshot in
+            guard let old = snapshot.record.sources.database else { return false }
+            return old.systemIdentifier == facts.systemIdentifier && old.name == facts.name
+                && old.walPosition == facts.walPosition && old.sequencesDigest == digest
+                && old.unloggedTables == 0 && old.pgDumpVersion == facts.pgDumpVersion
+        }
+        guard let parent,
+            let entry = try ManifestReader(repository: repository).databaseEntry(parent.record.manifest)
+        else { return nil }
+        return (parent, entry)
     }
 
     // MARK: Storage tree

@@ -25,11 +25,22 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
         public var database: DatabaseFacts?
         /// The classic tar.gz this snapshot was imported from, when it was.
         public var imported: ImportOrigin?
+        /// The snapshot whose dump this one reuses because the database provably had not changed.
+        public var databaseReusedFrom: String?
 
-        public init(storage: String? = nil, database: DatabaseFacts? = nil, imported: ImportOrigin? = nil) {
+        enum CodingKeys: String, CodingKey {
+            case storage, database, imported
+            case databaseReusedFrom = "database_reused_from"
+        }
+
+        public init(
+            storage: String? = nil, database: DatabaseFacts? = nil, imported: ImportOrigin? = nil,
+            databaseReusedFrom: String? = nil
+        ) {
             self.storage = storage
             self.database = database
             self.imported = imported
+            self.databaseReusedFrom = databaseReusedFrom
         }
     }
 
@@ -135,6 +146,10 @@ public struct DatabaseFacts: Codable, Sendable, Equatable {
     public var walPosition: String
     public var systemIdentifier: String
     public var pgDumpVersion: String
+    /// Unlogged tables in the database: their changes write no WAL, so a dump is never reused.
+    public var unloggedTables: Int?
+    /// MD5 of every sequence's state: `nextval` can move a sequence without writing WAL.
+    public var sequencesDigest: String?
 
     public init(
         name: String, host: String?, port: String?, user: String?, serverVersion: String,
@@ -164,6 +179,8 @@ public struct DatabaseFacts: Codable, Sendable, Equatable {
         case walPosition = "wal_position"
         case systemIdentifier = "system_identifier"
         case pgDumpVersion = "pg_dump_version"
+        case unloggedTables = "unlogged_tables"
+        case sequencesDigest = "sequences_digest"
     }
 }
 

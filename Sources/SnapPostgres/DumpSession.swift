@@ -45,7 +45,9 @@ public final class DumpSession: DatabaseDump {
     public private(set) var bytesRead: UInt64 = 0
 
     private let connection: PostgresConnection
-    private let process: ChildProcess
+    /// pg_dump, started at the first read: a session whose dump is reused never starts it.
+    private var process: ChildProcess?
+    private let startProcess: () throws -> ChildProcess
     private var finished = false
 
     /// Connects (nil `conninfo`: libpq's environment decides, as with psql) and starts pg_dump.
@@ -71,18 +73,35 @@ public final class DumpSession: DatabaseDump {
         }
         let executable =
             options.environment[PostgresTools.testPgDumpVariable].flatMap { $0.isEmpty ? nil : $0 } ?? pgDump.path
-        process = try ChildProcess(
-            name: "pg_dump", executable: executable,
-            arguments: ["--snapshot=\(snapshotID)", "-Fc", "-Z0", "--no-password"],
-            environment: connection.childEnvironment(
-                base: options.environment, applicationName: options.applicationName + " pg_dump"),
-            input: .none, captureOutput: true, errorLimit: options.stderrLimit)
+        let arguments = ["--snapshot=\(snapshotID)", "-Fc", "-Z0", "--no-password"]
+        let environment = connection.childEnvironment(
+            base: options.environment, applicationName: options.applicationName + " pg_dump")
+        startProcess = {
+            try ChildProcess(
+                name: "pg_dump", executable: executable, arguments: arguments, environment: environment,
+                input: .none, captureOutput: true, errorLimit: options.stderrLimit)
+        }
+    }
+
+    private func running() throws -> ChildProcess {
+        if let process { return process }
+        let started = try startProcess()
+        process = started
+        return started
+    }
+
+    /// Ends the transaction without dumping: the caller reuses an earlier dump of the same state.
+    public func skip() {
+        guard !finished else { return }
+        finished = true
+        try? connection.execute("ROLLBACK")
+        connection.close()
     }
 
     /// Reads up to `buffer.count` bytes of the dump; 0 at its end.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         guard !finished else { return 0 }
-        let count = try process.read(into: buffer)
+        let count = try running().read(into: buffer)
         bytesRead += UInt64(count)
         return count
     }
@@ -93,6 +112,7 @@ public final class DumpSession: DatabaseDump {
     /// pg_dump. Safe to call twice; the second call does nothing.
     public func finish() throws {
         guard !finished else { return }
+        let process = try running()
         finished = true
         let readToEnd = process.outputEnded
         let termination = process.wait()
@@ -132,20 +152,35 @@ public final class DumpSession: DatabaseDump {
         let modern = connection.serverVersionNumber >= 100_000
         let lsnFunction =
             switch (inRecovery, modern) {
-            case (false, true): "pg_current_wal_lsn()"
+            // The insert position, not the write position: with asynchronous commit the write
+            // position can lag behind a committed change, and the reuse of an unchanged
+            // database's dump relies on every change moving this position.
+            case (false, true): "pg_current_wal_insert_lsn()"
             case (true, true): "pg_last_wal_replay_lsn()"
-            case (false, false): "pg_current_xlog_location()"
+            case (false, false): "pg_current_xlog_insert_location()"
             case (true, false): "pg_last_xlog_replay_location()"
             }
         let walPosition = try optionalFact(connection, function: lsnFunction, sql: "SELECT \(lsnFunction)::text")
         let systemIdentifier = try optionalFact(
             connection, function: "pg_control_system()", sql: "SELECT system_identifier::text FROM pg_control_system()")
-        return DatabaseFacts(
+        var facts = DatabaseFacts(
             name: row[2] ?? connection.database, host: connection.host, port: connection.port, user: connection.user,
             serverVersion: row[0] ?? connection.serverVersion,
             serverVersionNumber: Int(row[1] ?? "") ?? connection.serverVersionNumber, encoding: row[4] ?? "",
             sizeBytes: Int64(row[3] ?? "") ?? 0, inRecovery: inRecovery, walPosition: walPosition,
             systemIdentifier: systemIdentifier, pgDumpVersion: pgDumpVersion)
+        // What decides whether an unchanged database's dump can be reused (see SnapshotBuilder).
+        facts.unloggedTables = Int(
+            try connection.value("SELECT count(*) FROM pg_class WHERE relpersistence = 'u'") ?? "")
+        if modern {
+            facts.sequencesDigest = try connection.value(
+                """
+                SELECT md5(coalesce(string_agg(format('%I.%I=%s', schemaname, sequencename, last_value), ','
+                                               ORDER BY schemaname, sequencename), ''))
+                FROM pg_sequences
+                """)
+        }
+        return facts
     }
 
     private static func optionalFact(_ connection: PostgresConnection, function: String, sql: String) throws -> String {

@@ -87,6 +87,11 @@ struct SnapshotCommand: ParsableCommand {
     @Flag(name: .customLong("no-db"), help: "Files only: do not dump a database.")
     var noDB = false
 
+    @Flag(
+        name: .customLong("force-dump"),
+        help: "Run pg_dump even when the database provably has not changed since its last snapshot.")
+    var forceDump = false
+
     @Option(name: .long, help: ArgumentHelp("The storage folder (default: $SNAP_STORAGE).", valueName: "dir"))
     var storage: String?
 
@@ -114,9 +119,9 @@ struct SnapshotCommand: ParsableCommand {
         }
         // Check the folder before connecting, so that bad input never starts a dump.
         if let storagePath { _ = try SnapshotBuilder.validateStorage(storagePath) }
-        let builder = SnapshotBuilder(
-            repository: repository,
-            options: SnapshotOptions(storage: storagePath, tags: tag, program: "snap \(Snap.version)"))
+        var options = SnapshotOptions(storage: storagePath, tags: tag, program: "snap \(Snap.version)")
+        options.forceDump = forceDump
+        let builder = SnapshotBuilder(repository: repository, options: options)
         builder.onWarning = { StandardError.write("snap: warning: \($0)\n") }
         let dump = noDB ? nil : try DumpSession(conninfo: db, options: DumpOptions(applicationName: "snap"))
         let snapshot = try builder.run(dump: dump)
@@ -221,6 +226,11 @@ struct ShowCommand: ParsableCommand {
             )
             lines.append(
                 "          system id \(database.systemIdentifier), dumped by pg_dump \(database.pgDumpVersion)")
+            if let parent = record.sources.databaseReusedFrom {
+                lines.append(
+                    "          dump reused from snapshot \(parent.prefix(8)): same WAL position and sequences, no unlogged tables"
+                )
+            }
         }
         lines.append(
             "added     \(totals.newObjects) new objects, \(formatBytes(totals.newBytes)) new data, \(formatBytes(totals.storedBytes)) stored"

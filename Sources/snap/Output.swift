@@ -29,6 +29,7 @@ struct SnapshotSummary: Encodable {
     var tags: [String]
     var storage: String?
     var database: DatabaseFacts?
+    var databaseReusedFrom: String?
     var totals: SnapshotRecord.Totals
     var errors: [String]
 
@@ -40,6 +41,7 @@ struct SnapshotSummary: Encodable {
         tags = snapshot.record.tags
         storage = snapshot.record.sources.storage
         database = snapshot.record.sources.database
+        databaseReusedFrom = snapshot.record.sources.databaseReusedFrom
         totals = snapshot.record.totals
         errors = snapshot.record.errors
     }
@@ -47,6 +49,7 @@ struct SnapshotSummary: Encodable {
     enum CodingKeys: String, CodingKey {
         case id, time, host, tags, storage, database, totals, errors
         case shortId = "short_id"
+        case databaseReusedFrom = "database_reused_from"
     }
 }
 

@@ -69,6 +69,11 @@ func snap(_ arguments: String..., environment: [String: String] = [:]) throws ->
     try run(snapBinary, arguments, environment: environment)
 }
 
+@discardableResult
+func snap(_ arguments: [String], environment: [String: String] = [:]) throws -> RunResult {
+    try run(snapBinary, arguments, environment: environment)
+}
+
 /// One entry of a folder tree as the filesystem reports it, for entry-by-entry comparison.
 struct TreeEntry: Equatable, CustomStringConvertible {
     var kind: String

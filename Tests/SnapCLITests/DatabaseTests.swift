@@ -213,6 +213,67 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
                 == "[\n\n]"
                 || (try parseJSON(try snap("--repo", repo, "list", "--json").stdout) as? [Any])?.isEmpty == true)
     }
+
+    /// Runs on a cluster of its own with autovacuum off: the WAL position is cluster-wide, so other
+    /// tests' writes (or an autoanalyze) would rightly prevent the reuse.
+    @Test func unchangedDatabaseReusesTheLastDumpAndAnyChangeDumpsAgain() throws {
+        let cluster = try TestCluster()
+        defer { cluster.stop() }
+        try cluster.psql("ALTER SYSTEM SET autovacuum = off; SELECT pg_reload_conf();")
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let source = try makeAwkwardDatabase(cluster)
+        try snap("--repo", repo, "init")
+        func take(_ extra: String...) throws -> [String: Any] {
+            let result = try snap(
+                ["--repo", repo, "snapshot", "--db", cluster.conninfo(database: source), "--json"] + extra)
+            #expect(result.status == 0, "\(result.stderr)")
+            return try parseJSON(result.stdout) as? [String: Any] ?? [:]
+        }
+        func wal(_ snapshot: [String: Any]) -> String? {
+            (snapshot["database"] as? [String: Any])?["wal_position"] as? String
+        }
+        /// Reused exactly when nothing moved the WAL (a checkpoint may, rarely): the rule itself.
+        func expectReuse(of previous: [String: Any], by next: [String: Any]) -> Bool {
+            let same = wal(previous) == wal(next)
+            #expect((next["database_reused_from"] as? String == previous["id"] as? String) == same)
+            return same
+        }
+        let first = try take()
+        #expect(first["database_reused_from"] == nil)
+        let expected = try cluster.pgDumpPlain(database: source)
+
+        // Nothing changed: the dump is reused, nothing is stored, and the snapshot restores exactly.
+        let second = try take()
+        var reusedOnce = expectReuse(of: first, by: second)
+        if reusedOnce { #expect((second["totals"] as? [String: Any])?["new_objects"] as? Int == 0) }
+        let target = cluster.uniqueDatabaseName("reused")
+        try cluster.createDatabase(target)
+        #expect(
+            try snap("--repo", repo, "restore", second["id"] as! String, "--db", cluster.conninfo(database: target))
+                .status == 0)
+        #expect(try cluster.pgDumpPlain(database: target) == expected)
+
+        // --force-dump dumps anyway.
+        #expect(try take("--force-dump")["database_reused_from"] == nil)
+
+        // nextval() can move a sequence without writing WAL: still a change.
+        try cluster.psql("SELECT nextval('billing.invoice_numbers')", database: source)
+        let afterSequence = try take()
+        #expect(afterSequence["database_reused_from"] == nil)
+        reusedOnce = try expectReuse(of: afterSequence, by: take()) || reusedOnce
+        #expect(reusedOnce, "an idle cluster never kept its WAL position between two snapshots")
+
+        // A row change moves the WAL position.
+        try cluster.psql("UPDATE billing.invoices SET memo = 'x' WHERE id = 1000", database: source)
+        #expect(try take()["database_reused_from"] == nil)
+
+        // With an unlogged table the dump is never reused.
+        try cluster.psql("CREATE UNLOGGED TABLE public.scratch (x int)", database: source)
+        _ = try take()
+        #expect(try take()["database_reused_from"] == nil)
+    }
+
 }
 
 private func idFrom(_ json: String) throws -> String {
