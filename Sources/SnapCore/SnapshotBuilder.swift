@@ -47,6 +47,7 @@ public final class SnapshotBuilder {
     let repository: Repository
     let options: SnapshotOptions
     private var errors: [String] = []
+    private var filesCache: FilesCache?
     /// Called with each problem as it is found (a file that cannot be read, say).
     public var onWarning: (String) -> Void = { _ in }
 
@@ -101,12 +102,17 @@ public final class SnapshotBuilder {
                     kind: .database, path: "database.dump", mode: 0o600, mtime: started.nanoseconds,
                     size: stream.size, chunks: stream.chunks))
         }
+        var cache: FilesCache?
         if let storage {
+            cache = FilesCache(repository: repository, storage: storage, started: started)
+            filesCache = cache
             try walkStorage(storage, writer: writer)
         }
-        return try writer.commit(
+        let snapshot = try writer.commit(
             time: started, host: options.host, tags: options.tags, program: options.program,
             sources: .init(storage: storage, database: dump?.facts, databaseReusedFrom: reusedFrom), errors: errors)
+        cache?.save()
+        return snapshot
     }
 
     /// The newest snapshot of the same database whose dump is provably still exact, and its dump
@@ -218,6 +224,13 @@ public final class SnapshotBuilder {
             warn("\(path): cannot open the file (\(reason(error))); skipped")
             return nil
         }
+        if let chunks = filesCache?.lookup(path, status, known: writer.has) {
+            writer.filesUnchanged += 1
+            filesCache?.record(path, status, chunks: chunks)
+            return ManifestEntry(
+                kind: .file, path: path, mode: status.mode, mtime: status.mtimeNanoseconds, size: status.size,
+                chunks: chunks)
+        }
         var readFailure: (any Error)?
         let stream: StreamReference
         do {
@@ -231,6 +244,13 @@ public final class SnapshotBuilder {
             guard let readFailure else { throw error }  // a repository write failed: abort the snapshot
             warn("\(path): cannot read the file (\(reason(readFailure))); skipped")
             return nil
+        }
+        // A file that changed while it was read is not remembered: the next snapshot reads it again.
+        if stream.size == status.size, let after = try? handle.status(),
+            after.mtimeNanoseconds == status.mtimeNanoseconds,
+            after.ctimeNanoseconds == status.ctimeNanoseconds
+        {
+            filesCache?.record(path, status, chunks: stream.chunks)
         }
         return ManifestEntry(
             kind: .file, path: path, mode: status.mode, mtime: status.mtimeNanoseconds, size: stream.size,

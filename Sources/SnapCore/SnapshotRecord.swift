@@ -81,6 +81,8 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
         public var newBytes: UInt64 = 0
         /// Compressed bytes this snapshot added to the repository.
         public var storedBytes: UInt64 = 0
+        /// Files found unchanged since the last snapshot (files cache) and so not read again.
+        public var filesUnchanged: Int? = nil
 
         public init() {}
 
@@ -91,6 +93,7 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
             case newObjects = "new_objects"
             case newBytes = "new_bytes"
             case storedBytes = "stored_bytes"
+            case filesUnchanged = "files_unchanged"
         }
     }
 

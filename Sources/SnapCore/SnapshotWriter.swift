@@ -15,6 +15,8 @@ public final class SnapshotWriter {
     private let manifest: ManifestWriter
     private var chunkers: [StreamKind: StreamChunker] = [:]
     private var totals = SnapshotRecord.Totals()
+    /// Files taken from the files cache instead of being read.
+    var filesUnchanged = 0
 
     /// Loads the names of the objects the repository has, so that known chunks cost nothing.
     public init(repository: Repository) throws {
@@ -45,6 +47,9 @@ public final class SnapshotWriter {
         return StreamReference(size: chunker.totalBytes - before, chunks: chunks)
     }
 
+    /// Whether the repository (or this run) has the object: what a cached chunk list needs.
+    func has(_ id: ObjectID) -> Bool { objects.contains(id) }
+
     /// Adds one manifest entry and counts it in the snapshot's totals.
     public func append(_ entry: ManifestEntry) throws {
         try manifest.append(entry)
@@ -69,6 +74,7 @@ public final class SnapshotWriter {
         totals.newObjects = statistics.newObjects
         totals.newBytes = statistics.newBytes
         totals.storedBytes = statistics.storedBytes
+        if filesUnchanged > 0 { totals.filesUnchanged = filesUnchanged }
         let record = SnapshotRecord(
             time: time, host: host, tags: tags, program: program, sources: sources,
             manifest: manifestReference, totals: totals, errors: errors)

@@ -20,6 +20,9 @@ let snapBinary: String = {
     return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("snap").path
 }()
 
+/// Where the snap runs of this test process keep their files cache.
+let testCacheFolder = NSTemporaryDirectory() + "/snap-test-cache-\(getpid())"
+
 /// Runs a program to completion, capturing both outputs.
 @discardableResult
 func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], asUser user: String? = nil)
@@ -36,6 +39,8 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
     var env = ProcessInfo.processInfo.environment
     env["SNAP_REPO"] = nil
     env["SNAP_STORAGE"] = nil
+    // The files cache goes to a folder of this test run, not to the user's ~/.cache.
+    env["SNAP_CACHE_DIR"] = testCacheFolder
     for (key, value) in environment { env[key] = value }
     process.environment = env
     let out = Pipe()

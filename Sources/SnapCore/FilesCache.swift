@@ -1,0 +1,128 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What snap knew about each file of a storage folder at its last snapshot, kept outside the
+/// repository (`$SNAP_CACHE_DIR`, else `$XDG_CACHE_HOME/snap`, else `~/.cache/snap`): a file whose
+/// size, mtime, ctime, inode and device are unchanged is not read again; its chunks are taken from
+/// here when the repository still has every one of them. Losing the cache costs only time.
+///
+/// ctime cannot be set by users, so a file edited and then given its old mtime back is still
+/// read. Files changed less than two seconds before the snapshot started are not remembered: a
+/// second change within the same clock tick would leave every time stamp as it was.
+final class FilesCache {
+    struct Entry {
+        var size: UInt64
+        var mtime: Int64
+        var ctime: Int64
+        var inode: UInt64
+        var device: UInt64
+        var chunks: [ObjectID]
+    }
+
+    private var previous: [[UInt8]: Entry] = [:]
+    private let path: String?
+    private var output: [UInt8] = []
+    private let started: Int64
+
+    /// Loads the cache of `storage` (an absolute path) for `repository`; empty when there is none.
+    init(repository: Repository, storage: String, started: Timestamp) {
+        self.started = started.nanoseconds
+        let environment = ProcessInfo.processInfo.environment
+        let base =
+            environment["SNAP_CACHE_DIR"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? environment["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : join($0, "snap") }
+            ?? environment["HOME"].flatMap { $0.isEmpty ? nil : join($0, ".cache/snap") }
+        guard let base else {
+            path = nil
+            return
+        }
+        let name = "files-" + String(ObjectID(hashing: Array(storage.utf8)).hex.prefix(16))
+        path = join(join(base, repository.config.id), name)
+        if let path, let bytes = try? FileHandle.open(path, O_RDONLY).readAll() {
+            previous = Self.parse(bytes)
+        }
+    }
+
+    /// The chunks of an unchanged file, when every one of them is in the repository.
+    func lookup(_ path: String, _ status: FileStatus, known: (ObjectID) -> Bool) -> [ObjectID]? {
+        guard let entry = previous[Array(path.utf8)], entry.size == status.size,
+            entry.mtime == status.mtimeNanoseconds, entry.ctime == status.ctimeNanoseconds,
+            entry.inode == status.inode, entry.device == status.device, entry.chunks.allSatisfy(known)
+        else { return nil }
+        return entry.chunks
+    }
+
+    /// Remembers a file for the next snapshot.
+    func record(_ path: String, _ status: FileStatus, chunks: [ObjectID]) {
+        let recent = started - 2_000_000_000
+        guard self.path != nil, status.mtimeNanoseconds < recent, status.ctimeNanoseconds < recent else { return }
+        // size mtime ctime inode device count chunk... pathlength:path
+        var line =
+            "\(status.size) \(status.mtimeNanoseconds) \(status.ctimeNanoseconds) \(status.inode) \(status.device) \(chunks.count)"
+        for chunk in chunks { line += " " + chunk.hex }
+        output.append(contentsOf: line.utf8)
+        output.append(contentsOf: " \(path.utf8.count):".utf8)
+        output.append(contentsOf: path.utf8)
+        output.append(0x0A)
+    }
+
+    /// Replaces the cache with what this snapshot saw; call after the snapshot is committed.
+    /// Failures are ignored: the cache only saves time.
+    func save() {
+        guard let path else { return }
+        let folder = String(path[..<path.lastIndex(of: "/")!])
+        try? Repository.makeDirectories(folder)
+        try? Repository.writeFileAtomically(path, output)
+    }
+
+    private static func parse(_ bytes: [UInt8]) -> [[UInt8]: Entry] {
+        var entries: [[UInt8]: Entry] = [:]
+        var index = 0
+        func number() -> UInt64? {
+            var value: UInt64 = 0
+            var digits = 0
+            var negative = false
+            if index < bytes.count, bytes[index] == UInt8(ascii: "-") {
+                negative = true
+                index += 1
+            }
+            while index < bytes.count, bytes[index] >= 48, bytes[index] <= 57 {
+                value = value &* 10 &+ UInt64(bytes[index] - 48)
+                index += 1
+                digits += 1
+            }
+            guard digits > 0 else { return nil }
+            return negative ? UInt64(bitPattern: -Int64(bitPattern: value)) : value
+        }
+        func skip(_ byte: UInt8) -> Bool {
+            guard index < bytes.count, bytes[index] == byte else { return false }
+            index += 1
+            return true
+        }
+        while index < bytes.count {
+            guard let size = number(), skip(32), let mtime = number(), skip(32), let ctime = number(), skip(32),
+                let inode = number(), skip(32), let device = number(), skip(32), let count = number()
+            else { return entries }
+            var chunks: [ObjectID] = []
+            for _ in 0..<count {
+                guard skip(32), index + 64 <= bytes.count,
+                    let id = ObjectID(hex: String(decoding: bytes[index..<index + 64], as: UTF8.self))
+                else { return entries }
+                chunks.append(id)
+                index += 64
+            }
+            guard skip(32), let length = number(), skip(UInt8(ascii: ":")), index + Int(length) < bytes.count
+            else { return entries }
+            let name = Array(bytes[index..<index + Int(length)])
+            index += Int(length)
+            guard skip(0x0A) else { return entries }
+            entries[name] = Entry(
+                size: size, mtime: Int64(bitPattern: mtime), ctime: Int64(bitPattern: ctime), inode: inode,
+                device: device, chunks: chunks)
+        }
+        return entries
+    }
+}
