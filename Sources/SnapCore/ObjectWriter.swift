@@ -98,6 +98,9 @@ public final class ObjectWriter {
         return id
     }
 
+    /// Uncompressed bytes of the chunks found new so far.
+    public var newBytes: UInt64 { statistics.newBytes }
+
     /// Whether the repository (or this run) has the object already.
     public func contains(_ id: ObjectID) -> Bool { known.contains(id) }
 

@@ -21,6 +21,25 @@ public protocol DatabaseDump: AnyObject {
     func skip()
 }
 
+/// How far a running snapshot has got, for a progress display.
+public struct SnapshotProgress: Sendable {
+    public enum Phase: Sendable {
+        case database
+        case storage
+    }
+
+    public var phase: Phase
+    /// Bytes read in this phase so far.
+    public var bytes: UInt64
+    /// The expected total of this phase, when known (the database's size for a dump: pg_dump's
+    /// output is usually a little smaller).
+    public var expectedBytes: UInt64?
+    /// Files done so far.
+    public var files: Int
+    /// Uncompressed bytes found new so far, both phases.
+    public var newBytes: UInt64
+}
+
 /// What to put into a new snapshot.
 public struct SnapshotOptions {
     public var storage: String?
@@ -50,6 +69,10 @@ public final class SnapshotBuilder {
     private var filesCache: FilesCache?
     /// Called with each problem as it is found (a file that cannot be read, say).
     public var onWarning: (String) -> Void = { _ in }
+    /// Called after every chunk and file, on the snapshot's thread; keep it cheap.
+    public var onProgress: (SnapshotProgress) -> Void = { _ in }
+    private var progress = SnapshotProgress(phase: .database, bytes: 0, files: 0, newBytes: 0)
+    private var phaseStart: UInt64 = 0
 
     public init(repository: Repository, options: SnapshotOptions) {
         self.repository = repository
@@ -81,6 +104,12 @@ public final class SnapshotBuilder {
         let started = Timestamp.now()
         let storage = try options.storage.map(Self.validateStorage)
         let writer = try SnapshotWriter(repository: repository)
+        writer.onChunk = { [unowned self, unowned writer] in
+            progress.bytes = writer.bytesSeen - phaseStart
+            progress.newBytes = writer.newBytes
+            onProgress(progress)
+        }
+        progress.expectedBytes = dump.map { UInt64(max(0, $0.facts.sizeBytes)) }
 
         // The database first, so that the files its committed rows point to are present below.
         var reusedFrom: String?
@@ -104,6 +133,8 @@ public final class SnapshotBuilder {
         }
         var cache: FilesCache?
         if let storage {
+            progress = SnapshotProgress(phase: .storage, bytes: 0, files: 0, newBytes: writer.newBytes)
+            phaseStart = writer.bytesSeen
             cache = FilesCache(repository: repository, storage: storage, started: started)
             filesCache = cache
             try walkStorage(storage, writer: writer)
@@ -194,6 +225,8 @@ public final class SnapshotBuilder {
                 guard let entry = try readFile(name, path: path, in: directory, writer: writer)
                 else { continue }
                 try writer.append(entry)
+                progress.files += 1
+                onProgress(progress)
             case .symlink:
                 do {
                     let target = try Posix.readLink(name, in: directory)

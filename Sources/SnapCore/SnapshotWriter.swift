@@ -17,6 +17,13 @@ public final class SnapshotWriter {
     private var totals = SnapshotRecord.Totals()
     /// Files taken from the files cache instead of being read.
     var filesUnchanged = 0
+    /// Bytes of every stream stored so far (new or not).
+    public private(set) var bytesSeen: UInt64 = 0
+    /// Called after each chunk is stored, on the calling thread.
+    public var onChunk: () -> Void = {}
+
+    /// Uncompressed bytes of the chunks found new so far.
+    public var newBytes: UInt64 { objects.newBytes }
 
     /// Loads the names of the objects the repository has, so that known chunks cost nothing.
     public init(repository: Repository) throws {
@@ -39,7 +46,13 @@ public final class SnapshotWriter {
         let before = chunker.totalBytes
         var chunks: [ObjectID] = []
         do {
-            try chunker.consume(read: read, onChunk: { chunks.append(try objects.write($0)) })
+            try chunker.consume(
+                read: read,
+                onChunk: {
+                    chunks.append(try objects.write($0))
+                    bytesSeen += UInt64($0.count)
+                    onChunk()
+                })
         } catch {
             try? chunker.finish { _ in }
             throw error

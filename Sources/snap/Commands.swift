@@ -101,6 +101,9 @@ struct SnapshotCommand: ParsableCommand {
     @Flag(name: .long, help: "Print the result as JSON.")
     var json = false
 
+    @Flag(name: .shortAndLong, help: "No progress line and no summary on stderr; only the result.")
+    var quiet = false
+
     func validate() throws {
         if noDB && db != nil { throw ValidationError("--db and --no-db exclude each other") }
         for tag in tag where tag.isEmpty || tag.contains(",") || tag.contains(where: \.isNewline) {
@@ -122,9 +125,36 @@ struct SnapshotCommand: ParsableCommand {
         var options = SnapshotOptions(storage: storagePath, tags: tag, program: "snap \(Snap.version)")
         options.forceDump = forceDump
         let builder = SnapshotBuilder(repository: repository, options: options)
-        builder.onWarning = { StandardError.write("snap: warning: \($0)\n") }
+        let progress = ProgressLine(quiet: quiet)
+        builder.onWarning = {
+            progress.finish()
+            StandardError.write("snap: warning: \($0)\n")
+        }
+        builder.onProgress = progress.update
+        let started = Date()
         let dump = noDB ? nil : try DumpSession(conninfo: db, options: DumpOptions(applicationName: "snap"))
-        let snapshot = try builder.run(dump: dump)
+        let snapshot: Snapshot
+        do {
+            snapshot = try builder.run(dump: dump)
+        } catch {
+            progress.finish()
+            throw error
+        }
+        progress.finish()
+        if !quiet {
+            let totals = snapshot.record.totals
+            var read = formatBytes(totals.databaseBytes + totals.fileBytes)
+            if totals.databaseBytes > 0 && totals.files > 0 {
+                read +=
+                    " (database \(formatBytes(totals.databaseBytes)), \(totals.files) files \(formatBytes(totals.fileBytes)))"
+            }
+            let reused = snapshot.record.sources.databaseReusedFrom.map { ", dump reused from \($0.prefix(8))" } ?? ""
+            StandardError.write(
+                String(
+                    format: "snap: snapshot %@: %@, %@ new, %@ stored%@, in %.1f s\n", snapshot.shortID, read,
+                    formatBytes(totals.newBytes), formatBytes(totals.storedBytes), reused,
+                    Date().timeIntervalSince(started)))
+        }
         if json {
             try printJSON(SnapshotSummary(snapshot))
         } else {
