@@ -806,10 +806,10 @@ private final class DatabaseFixture: Sendable {
         let pruneResult = prune.wait()
         expectExit(snapshotResult, 0, "snapshot beside prune")
         expectExit(pruneResult, 0, "prune --wait 60 beside a snapshot")
-        if start == .pruneWhileSnapshotHoldsTheLock {
-            #expect(
-                pruneResult.stderr.contains("waiting"), "prune did not wait for the snapshot: \(pruneResult.stderr)")
-        }
+        // Whether prune had to wait depends on timing (a snapshot that reuses every object, or
+        // finds every file in the files cache, may be done first); that it waits when the lock
+        // is held is tested deterministically in PruneTests. Here what matters is that both end
+        // well and nothing the snapshot needs was deleted.
         try expectCheckPasses(repo, "snapshot beside prune")
         try expectRestoresExactly(repo, crashSnapshotID(snapshotResult), big.tree, in: scratch, "snapshot beside prune")
         try expectRestoresExactly(repo, crashSnapshotID(first), smallTree, in: scratch, "snapshot beside prune")
