@@ -56,7 +56,7 @@ struct InitCommand: ParsableCommand {
     }
 
     func run() throws {
-        let repository = try Repository.initialize(at: global.repositoryPath, config: try configuration())
+        let repository = try Repository.initialize(at: try global.repositoryPath, config: try configuration())
         print("created snap repository \(repository.config.id) at \(repository.path)")
     }
 }
@@ -114,8 +114,10 @@ struct SnapshotCommand: ParsableCommand {
     func run() throws {
         let (repository, lock) = try global.openRepository(locking: .shared)
         defer { withExtendedLifetime(lock) {} }
+        let file = try ConfigFile.load()
         let storagePath =
             storage ?? ProcessInfo.processInfo.environment["SNAP_STORAGE"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? file.values["storage"]
         guard !noDB || storagePath != nil else {
             throw CommandFailure(
                 message: "nothing to snapshot: --no-db needs --storage DIR (or SNAP_STORAGE)", status: ExitStatus.usage)
@@ -132,7 +134,9 @@ struct SnapshotCommand: ParsableCommand {
         }
         builder.onProgress = progress.update
         let started = Date()
-        let dump = noDB ? nil : try DumpSession(conninfo: db, options: DumpOptions(applicationName: "snap"))
+        let dump =
+            noDB
+            ? nil : try DumpSession(conninfo: file.database(flag: db), options: DumpOptions(applicationName: "snap"))
         let snapshot: Snapshot
         do {
             snapshot = try builder.run(dump: dump)

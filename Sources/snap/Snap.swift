@@ -79,19 +79,22 @@ struct Snap: ParsableCommand {
 
 /// Options every command takes.
 struct GlobalOptions: ParsableArguments {
-    @Option(name: .long, help: "The repository folder (default: $SNAP_REPO, else /backups).")
+    @Option(name: .long, help: "The repository folder (default: $SNAP_REPO, else the config file's, else /backups).")
     var repo: String?
 
+    /// --repo, else $SNAP_REPO, else the config file's `repo`, else /backups.
     var repositoryPath: String {
-        if let repo { return repo }
-        if let fromEnvironment = ProcessInfo.processInfo.environment["SNAP_REPO"], !fromEnvironment.isEmpty {
-            return fromEnvironment
+        get throws {
+            if let repo { return repo }
+            if let fromEnvironment = ProcessInfo.processInfo.environment["SNAP_REPO"], !fromEnvironment.isEmpty {
+                return fromEnvironment
+            }
+            return try ConfigFile.load().values["repo"] ?? "/backups"
         }
-        return "/backups"
     }
 
     func openRepository() throws -> Repository {
-        try Repository.open(at: repositoryPath)
+        try Repository.open(at: try repositoryPath)
     }
 
     /// Opens the repository and takes its lock: shared commands wait for a forget or prune to
