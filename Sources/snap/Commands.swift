@@ -197,12 +197,15 @@ struct ListCommand: ParsableCommand {
             try printJSON(snapshots.map(SnapshotSummary.init))
             return
         }
-        var rows = [["ID", "TIME (UTC)", "HOST", "TAGS", "FILES", "SIZE"]]
+        var rows = [["ID", "TIME", "HOST", "TAGS", "DATABASE", "FILES", "STORAGE", "ADDED"]]
         for snapshot in snapshots {
             let record = snapshot.record
+            let totals = record.totals
+            let database = record.sources.database == nil ? "-" : formatBytes(totals.databaseBytes)
+            let storage = record.sources.storage == nil ? "-" : formatBytes(totals.fileBytes)
             rows.append([
-                snapshot.shortID, record.time.iso8601Seconds, record.host, record.tags.joined(separator: ","),
-                String(record.totals.files), formatBytes(record.totals.fileBytes + record.totals.databaseBytes),
+                snapshot.shortID, localTime(record.time), record.host, record.tags.joined(separator: ","), database,
+                record.sources.storage == nil ? "-" : String(totals.files), storage, formatBytes(totals.storedBytes),
             ])
         }
         print(table(rows))
@@ -241,7 +244,7 @@ struct ShowCommand: ParsableCommand {
         let totals = record.totals
         var lines = [
             "snapshot \(snapshot.id)",
-            "time      \(record.time.iso8601Seconds)",
+            "time      \(record.time.iso8601Seconds) (\(localTime(record.time)) local)",
             "host      \(record.host)",
             "tags      \(record.tags.isEmpty ? "-" : record.tags.joined(separator: ", "))",
             "program   \(record.program)",
@@ -269,6 +272,14 @@ struct ShowCommand: ParsableCommand {
         lines.append(
             "added     \(totals.newObjects) new objects, \(formatBytes(totals.newBytes)) new data, \(formatBytes(totals.storedBytes)) stored"
         )
+        let logical = totals.databaseBytes + totals.fileBytes
+        if logical > 0 {
+            let share = Double(totals.newBytes) / Double(logical) * 100
+            var dedup = String(
+                format: "dedup     %.1f%% of the %@ this snapshot holds was new", share, formatBytes(logical))
+            if let unchanged = totals.filesUnchanged { dedup += "; \(unchanged) files unchanged (not read)" }
+            lines.append(dedup)
+        }
         if record.errors.isEmpty {
             lines.append("errors    none")
         } else {

@@ -75,3 +75,13 @@ func parseSize(_ text: String) -> Int? {
     }
     return Int(text)
 }
+
+/// A time in the machine's local zone, to the second: `2026-01-11 13:00:00`.
+func localTime(_ time: Timestamp) -> String {
+    var seconds = time_t(time.seconds)
+    var parts = tm()
+    localtime_r(&seconds, &parts)
+    return String(
+        format: "%04d-%02d-%02d %02d:%02d:%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
+        Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
+}
