@@ -63,12 +63,16 @@ struct Snap: ParsableCommand {
             if code == .success {
                 exit(withError: error)  // --help, --version
             }
-            if code == .validationFailure {
-                StandardError.write(fullMessage(for: error) + "\n")
-                Foundation.exit(ExitStatus.usage)
-            }
-            fail(fullMessage(for: error), status: code.rawValue)
+            // Usage errors too are one line: the cause, and where the fix is described.
+            let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+            let command = CommandLine.arguments.dropFirst().first { subcommandNames.contains($0) }
+            let help = command.map { "snap \($0) --help" } ?? "snap --help"
+            fail("\(message) (see `\(help)`)", status: code == .validationFailure ? ExitStatus.usage : code.rawValue)
         }
+    }
+
+    static var subcommandNames: Set<String> {
+        Set(configuration.subcommands.map { $0._commandName })
     }
 
     static func fail(_ message: String, status: Int32 = ExitStatus.failure) -> Never {
