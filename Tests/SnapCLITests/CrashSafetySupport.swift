@@ -104,14 +104,6 @@ func expectExit(
         sourceLocation: sourceLocation)
 }
 
-// GNU extension of glibc 2.34 that Swift's Glibc module does not declare.
-private typealias CrashAddCloseFrom =
-    @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-private let crashAddCloseFrom: CrashAddCloseFrom? = dlsym(
-    UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np"
-)
-.map { unsafeBitCast($0, to: CrashAddCloseFrom.self) }
-
 /// A snap run in the background, in its own process group, that the test can kill. Output goes to
 /// files. Released before it was waited for, it is killed (the whole group) and reaped, so a
 /// failing test leaves no process behind.
@@ -127,40 +119,9 @@ final class CrashChild: @unchecked Sendable {
         let tag = "\(UInt32.random(in: 0...UInt32.max))"
         outPath = folder + "/child-\(tag).out"
         errPath = folder + "/child-\(tag).err"
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        if let crashAddCloseFrom { _ = crashAddCloseFrom(&actions, 3) }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGPIPE, SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGCHLD] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        posix_spawnattr_setsigmask(&attributes, &mask)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
-        let argv = [snapBinary] + arguments
-        let envp = crashEnvironment(killAfter: killAfter).map { "\($0.key)=\($0.value)" }
-        var child: pid_t = 0
-        let copies = (argv.map { strdup($0) }, envp.map { strdup($0) })
-        defer { for item in copies.0 + copies.1 { free(item) } }
-        let spawned = (copies.0 + [nil]).withUnsafeBufferPointer { argv in
-            (copies.1 + [nil]).withUnsafeBufferPointer { envp in
-                posix_spawn(&child, snapBinary, &actions, &attributes, argv.baseAddress!, envp.baseAddress!)
-            }
-        }
-        guard spawned == 0 else {
-            throw TestSupportError("cannot start \(snapBinary): \(String(cString: strerror(spawned)))")
-        }
-        pid = child
+        pid = try spawnProcess(
+            snapBinary, arguments, environment: crashEnvironment(killAfter: killAfter), stdin: "/dev/null",
+            stdout: outPath, stderr: errPath, newProcessGroup: true)
     }
 
     deinit {

@@ -42,39 +42,9 @@ public func runProcess(
     let errPath = try scratch.write("stderr", "", mode: 0o600)
     let inPath = try scratch.write("stdin", input ?? "", mode: 0o600)
     let path = try resolveExecutable(executable, environment: environment)
-
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    if let currentDirectory {
-        guard let addChdir = spawnAddChdir else { throw TestSupportError("posix_spawn cannot change directory here") }
-        _ = addChdir(&actions, currentDirectory)
-    }
-    posix_spawn_file_actions_addopen(&actions, 0, inPath, O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY, 0)
-    if let addCloseFrom = spawnAddCloseFrom { _ = addCloseFrom(&actions, 3) }
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var defaults = sigset_t()
-    sigemptyset(&defaults)
-    for signal in [SIGPIPE, SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGCHLD] { sigaddset(&defaults, signal) }
-    posix_spawnattr_setsigdefault(&attributes, &defaults)
-    var mask = sigset_t()
-    sigemptyset(&mask)
-    posix_spawnattr_setsigmask(&attributes, &mask)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-
-    let argv = [path] + arguments
-    let envp = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
-    var pid: pid_t = 0
-    let spawned = withCStrings(argv) { argv in
-        withCStrings(envp) { envp in posix_spawn(&pid, path, &actions, &attributes, argv, envp) }
-    }
-    guard spawned == 0 else {
-        throw TestSupportError("cannot start \(path): \(String(cString: strerror(spawned)))")
-    }
+    let pid = try spawnProcess(
+        path, arguments, environment: environment ?? ProcessInfo.processInfo.environment, stdin: inPath,
+        stdout: outPath, stderr: errPath, currentDirectory: currentDirectory)
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0 {
         guard errno == EINTR else {
@@ -86,6 +56,54 @@ public func runProcess(
         status: signaled ? status & 0x7f : (status >> 8) & 0xff, signaled: signaled,
         stdout: String(decoding: FileManager.default.contents(atPath: outPath) ?? Data(), as: UTF8.self),
         stderr: String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self))
+}
+
+/// Starts `path` (absolute) with exactly `environment`, its stdin, stdout and stderr opened from
+/// the given files (the output ones created or truncated) and nothing else inherited, signal
+/// handling reset to the defaults; with `newProcessGroup` it leads a process group of its own, so
+/// that `kill(-pid, ...)` reaches its children too. Returns the child's pid.
+public func spawnProcess(
+    _ path: String, _ arguments: [String], environment: [String: String], stdin: String, stdout: String,
+    stderr: String, currentDirectory: String? = nil, newProcessGroup: Bool = false
+) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    if let currentDirectory {
+        guard let addChdir = spawnAddChdir else { throw TestSupportError("posix_spawn cannot change directory here") }
+        _ = addChdir(&actions, currentDirectory)
+    }
+    posix_spawn_file_actions_addopen(&actions, 0, stdin, O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    if let addCloseFrom = spawnAddCloseFrom { _ = addCloseFrom(&actions, 3) }
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    for signal in [SIGPIPE, SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGCHLD] { sigaddset(&defaults, signal) }
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    var mask = sigset_t()
+    sigemptyset(&mask)
+    posix_spawnattr_setsigmask(&attributes, &mask)
+    var flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK
+    if newProcessGroup {
+        posix_spawnattr_setpgroup(&attributes, 0)
+        flags |= POSIX_SPAWN_SETPGROUP
+    }
+    posix_spawnattr_setflags(&attributes, Int16(flags))
+
+    let argv = [path] + arguments
+    let envp = environment.map { "\($0.key)=\($0.value)" }
+    var pid: pid_t = 0
+    let spawned = withCStrings(argv) { argv in
+        withCStrings(envp) { envp in posix_spawn(&pid, path, &actions, &attributes, argv, envp) }
+    }
+    guard spawned == 0 else {
+        throw TestSupportError("cannot start \(path): \(String(cString: strerror(spawned)))")
+    }
+    return pid
 }
 
 private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
