@@ -32,29 +32,26 @@ public struct Checker: Sendable {
             "\($0) does not belong in a snap repository; snap ignores it (move it elsewhere)"
         }
 
-        // Which objects each snapshot needs; the manifest's own chunks count too.
+        // Every object a snapshot needs (the manifests' own chunks too), in one set: which
+        // snapshot needs which is worked out later, and only for the objects with a problem.
         let reader = ManifestReader(repository: repository)
-        var needs: [String: Set<ObjectID>] = [:]
+        var referenced = Set<ObjectID>()
         var unreadable: [String: String] = [:]
         for snapshot in snapshots {
-            var objects = Set(snapshot.record.manifest.chunks)
+            referenced.formUnion(snapshot.record.manifest.chunks)
             do {
-                try reader.forEachEntry(snapshot.record.manifest) { objects.formUnion($0.chunks) }
+                try reader.forEachEntry(snapshot.record.manifest) { referenced.formUnion($0.chunks) }
             } catch {
                 unreadable[snapshot.id] = "\(error)"
             }
-            needs[snapshot.id] = objects
         }
-        let referenced = needs.values.reduce(into: Set<ObjectID>()) { $0.formUnion($1) }
         report.referencedObjects = referenced.count
 
         for (id, reason) in unreadable.sorted(by: { $0.key < $1.key }) {
             report.problems.append("snapshot \(id.prefix(8)): its manifest cannot be read: \(reason)")
         }
-        for missing in referenced.subtracting(stored).sorted() {
-            report.problems.append("object \(missing.hex) is missing; needed by \(users(of: missing, needs))")
-        }
-
+        let missing = referenced.subtracting(stored).sorted()
+        var damaged: [(ObjectID, String)] = []
         if let percent = readDataPercent {
             var candidates = Array(stored)
             if percent < 100 {
@@ -62,20 +59,39 @@ public struct Checker: Sendable {
                 candidates = Array(candidates.prefix(Int((Double(candidates.count) * percent / 100).rounded(.up))))
             }
             candidates.sort()
-            let damaged = verify(candidates)
+            damaged = verify(candidates).sorted { $0.key < $1.key }
             report.objectsChecked = candidates.count
-            for (id, reason) in damaged.sorted(by: { $0.key < $1.key }) {
-                let needed =
-                    referenced.contains(id) ? "needed by \(users(of: id, needs))" : "not needed by any snapshot"
-                report.problems.append("object \(id.hex) is damaged (\(reason)); \(needed)")
-            }
+        }
+        let users = try snapshotsNeeding(Set(missing + damaged.map(\.0)), snapshots, reader)
+        for id in missing {
+            report.problems.append("object \(id.hex) is missing; needed by \(describe(users[id]))")
+        }
+        for (id, reason) in damaged {
+            let needed = referenced.contains(id) ? "needed by \(describe(users[id]))" : "not needed by any snapshot"
+            report.problems.append("object \(id.hex) is damaged (\(reason)); \(needed)")
         }
         return report
     }
 
-    private func users(of id: ObjectID, _ needs: [String: Set<ObjectID>]) -> String {
-        let ids = needs.filter { $0.value.contains(id) }.keys.sorted().map { String($0.prefix(8)) }
-        return ids.isEmpty ? "no snapshot" : "snapshot " + ids.joined(separator: ", ")
+    /// For each object of `wanted`, the short ids of the snapshots that need it.
+    private func snapshotsNeeding(_ wanted: Set<ObjectID>, _ snapshots: [Snapshot], _ reader: ManifestReader) throws
+        -> [ObjectID: [String]]
+    {
+        guard !wanted.isEmpty else { return [:] }
+        var users: [ObjectID: [String]] = [:]
+        for snapshot in snapshots {
+            var mine = Set(snapshot.record.manifest.chunks.filter(wanted.contains))
+            try? reader.forEachEntry(snapshot.record.manifest) { entry in
+                for chunk in entry.chunks where wanted.contains(chunk) { mine.insert(chunk) }
+            }
+            for id in mine { users[id, default: []].append(String(snapshot.id.prefix(8))) }
+        }
+        return users
+    }
+
+    private func describe(_ users: [String]?) -> String {
+        guard let users, !users.isEmpty else { return "no snapshot" }
+        return "snapshot " + users.sorted().joined(separator: ", ")
     }
 
     /// Reads and re-hashes objects on every core; returns the damaged ones with the reason.
