@@ -62,7 +62,7 @@ public struct Checker: Sendable {
             damaged = verify(candidates).sorted { $0.key < $1.key }
             report.objectsChecked = candidates.count
         }
-        let users = try snapshotsNeeding(Set(missing + damaged.map(\.0)), snapshots, reader)
+        let users = snapshotsNeeding(Set(missing + damaged.map(\.0)), snapshots, reader)
         for id in missing {
             report.problems.append("object \(id.hex) is missing; needed by \(describe(users[id]))")
         }
@@ -74,7 +74,7 @@ public struct Checker: Sendable {
     }
 
     /// For each object of `wanted`, the short ids of the snapshots that need it.
-    private func snapshotsNeeding(_ wanted: Set<ObjectID>, _ snapshots: [Snapshot], _ reader: ManifestReader) throws
+    private func snapshotsNeeding(_ wanted: Set<ObjectID>, _ snapshots: [Snapshot], _ reader: ManifestReader)
         -> [ObjectID: [String]]
     {
         guard !wanted.isEmpty else { return [:] }
