@@ -1,5 +1,4 @@
 import Foundation
-import SnapTestSupport
 
 #if canImport(Glibc)
     import Glibc
