@@ -58,6 +58,7 @@ public final class LocalObjectStore: ObjectStore {
 
     /// Writes the object's temporary file; it appears under its name at the next `flush`. Returns
     /// false, writing nothing, when the object exists already.
+    @discardableResult
     public func put(_ id: ObjectID, encoded: [UInt8]) throws -> Bool {
         let folder = folder(for: id)
         if !knownFolders.withLock({ $0.contains(folder) }) {

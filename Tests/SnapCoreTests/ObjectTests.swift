@@ -79,7 +79,7 @@ import Testing
         #expect((try FileManager.default.attributesOfItem(atPath: path)[.systemFileNumber] as? Int) == inode)
 
         // No temporary files are left behind, and list skips foreign names.
-        FileManager.default.createFile(
+        _ = FileManager.default.createFile(
             atPath: folder.path + "/" + String(id.hex.prefix(2)) + "/notes.txt", contents: Data())
         var listed: [ObjectID] = []
         try store.list { listed.append($0) }
