@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# snap side by side with restic, borg and the plain approach (pg_dump -Fc + tar -czf), on one data set:
+# a pgbench database plus an app-like schema (users, posts, uploads) and a storage folder.
+# For each tool: first snapshot, a second snapshot after a batch of activity, a restore of the
+# latest into a new database and folder (checked against the source), then more rounds of
+# activity + snapshot; snapshot 1 is the first, snapshot 2 the second, ROUNDS snapshots in all.
+# Prints a table, writes compare-results.csv (work folder, copied to the current folder) and
+# docs/compare-repository-size.svg.
+#
+# Usage: Benchmarks/scripts/compare.sh            (from anywhere; as root or with sudo for apt-get)
+# Environment:
+#   SCALE=30        pgbench scale (30: ~0.45 GB of pgbench tables); also sizes the app tables
+#                   (5,000 users, 10,000 posts, 3,000 uploads per unit) and the storage folder
+#                   (~10 MB, ~100 files per unit)
+#   ROUNDS=10       snapshots per tool (the first, then ROUNDS-1 rounds of activity + snapshot)
+#   TX=1500         pgbench transactions per client per round (2 clients)
+#   COMPARE_TMPDIR=/var/tmp   where the work folder goes (not /tmp on the project's VMs: file
+#                   creation there is very slow); removed at exit
+#   SNAP_BIN=path   use this snap binary instead of building one
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+here="$root/Benchmarks/scripts/compare"
+orig_pwd="$PWD"
+SCALE="${SCALE:-30}"
+ROUNDS="${ROUNDS:-10}"
+TX="${TX:-1500}"
+# shellcheck source=../../scripts/lib/throwaway-postgres.sh
+source "$root/scripts/lib/throwaway-postgres.sh"
+
+missing=()
+command -v restic >/dev/null || missing+=(restic)
+command -v borg >/dev/null || missing+=(borgbackup)
+[[ -x /usr/bin/time ]] || missing+=(time)
+command -v pgbench >/dev/null || missing+=(postgresql-contrib)
+if ((${#missing[@]})); then
+    echo "installing ${missing[*]}" >&2
+    sudo=""; [[ $(id -u) -eq 0 ]] || sudo=sudo
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [[ -n "${SNAP_BIN:-}" ]]; then
+    snap="$SNAP_BIN"
+else
+    echo "building snap (release, --scratch-path .build-compare)" >&2
+    (cd "$root" && swift build -c release --scratch-path .build-compare --product snap >&2)
+    snap="$(cd "$root" && swift build -c release --scratch-path .build-compare --show-bin-path)/snap"
+fi
+
+work="$(mktemp -d "${COMPARE_TMPDIR:-/var/tmp}/snap-compare.XXXXXX")"
+chmod 755 "$work"   # the postgres user needs to reach its cluster folder inside
+cleanup() { pg_stop "$work/pg"; rm -rf "$work"; }
+trap cleanup EXIT
+
+echo "work folder $work; restic $(restic version | awk '{print $2}'), $(borg --version)," \
+    "snap $("$snap" --version 2>/dev/null || echo '?'), $(pg_dump --version)" >&2
+pg_start "$work/pg"
+
+storage="$work/storage"
+export RESTIC_PASSWORD=compare RESTIC_CACHE_DIR="$work/cache/restic" BORG_BASE_DIR="$work/cache/borg"
+export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+export SNAP_CACHE_DIR="$work/cache/snap" XDG_CONFIG_HOME="$work/cache/config"
+export work storage snap
+repo_plain="$work/repo-plain" repo_restic="$work/repo-restic" repo_borg="$work/repo-borg" repo_snap="$work/repo-snap"
+export repo_plain repo_restic repo_borg repo_snap
+
+# ---------------------------------------------------------------- data set
+psqlq() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+echo "building the data set (SCALE=$SCALE)" >&2
+createdb app
+pgbench -i -s "$SCALE" -q app 2>&1 | tail -n 1 >&2
+psqlq -d app >/dev/null <<SQL
+SELECT setseed(0.42);
+CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL,
+    created_at timestamptz NOT NULL, last_login timestamptz, bio text);
+INSERT INTO users (email, name, created_at, last_login, bio)
+SELECT 'user' || g || '@example.com', 'User ' || g, now() - g * interval '1 minute',
+       now() - (random() * 1000) * interval '1 hour', repeat(md5(g::text) || ' ', 1 + g % 4)
+FROM generate_series(1, 5000 * $SCALE) g;
+CREATE TABLE posts (id bigserial PRIMARY KEY, user_id bigint NOT NULL REFERENCES users,
+    title text NOT NULL, body text NOT NULL, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+INSERT INTO posts (user_id, title, body, created_at, updated_at)
+SELECT 1 + (random() * (5000 * $SCALE - 1))::int, 'Post ' || g || ' ' || md5(g::text),
+       md5(random()::text) || ' ' || repeat('lorem ipsum dolor sit amet ' || (random() * 1e6)::int || ' ', 2 + g % 12),
+       now() - (10000 * $SCALE - g) * interval '1 minute', now() - (10000 * $SCALE - g) * interval '1 minute'
+FROM generate_series(1, 10000 * $SCALE) g;
+CREATE INDEX posts_user_id ON posts (user_id);
+CREATE INDEX posts_created_at ON posts (created_at);
+CREATE TABLE uploads (id bigserial PRIMARY KEY, post_id bigint NOT NULL REFERENCES posts, path text NOT NULL,
+    bytes bigint NOT NULL, sha256 text NOT NULL, created_at timestamptz NOT NULL);
+INSERT INTO uploads (post_id, path, bytes, sha256, created_at)
+SELECT 1 + (random() * (10000 * $SCALE - 1))::int, 'uploads/2024/' || g || '.jpg', (random() * 1e6)::int,
+       encode(sha256(g::text::bytea), 'hex'), now() - g * interval '1 minute'
+FROM generate_series(1, 3000 * $SCALE) g;
+CREATE INDEX uploads_post_id ON uploads (post_id);
+VACUUM ANALYZE;
+SQL
+python3 "$here/storage.py" create "$storage" "$SCALE"
+
+db_bytes=$(psql -XAtc "SELECT pg_database_size('app')" app)
+storage_bytes=$(du -sb "$storage" | cut -f1)
+storage_files=$(find "$storage" -type f | wc -l)
+rows=$(psql -XAtc "SELECT (SELECT count(*) FROM pgbench_accounts) || ' pgbench_accounts, ' ||
+    (SELECT count(*) FROM users) || ' users, ' || (SELECT count(*) FROM posts) || ' posts, ' ||
+    (SELECT count(*) FROM uploads) || ' uploads'" app)
+dataset="database $((db_bytes / 1000000)) MB ($rows); storage $((storage_bytes / 1000000)) MB in $storage_files files"
+echo "data set: $dataset" >&2
+
+# ---------------------------------------------------------------- activity between snapshots
+activity() {
+    local r=$1
+    pgbench -n -c 2 -j 2 -t "$TX" --random-seed="$r" app >/dev/null 2>&1
+    psqlq -d app >/dev/null <<SQL
+SELECT setseed(0.$r);
+INSERT INTO posts (user_id, title, body, created_at, updated_at)
+SELECT 1 + (random() * (5000 * $SCALE - 1))::int, 'New post ' || g, md5(random()::text) || repeat(' new text', 20), now(), now()
+FROM generate_series(1, 100 * $SCALE) g;
+UPDATE posts SET body = body || ' (edited)', updated_at = now()
+WHERE id IN (SELECT 1 + (random() * (10000 * $SCALE - 1))::int FROM generate_series(1, 50));
+UPDATE users SET last_login = now() WHERE id IN (SELECT 1 + (random() * (5000 * $SCALE - 1))::int FROM generate_series(1, 200));
+DELETE FROM uploads WHERE id IN (SELECT 1 + (random() * (3000 * $SCALE - 1))::int FROM generate_series(1, 20));
+DELETE FROM posts p WHERE id IN (SELECT 1 + (random() * (10000 * $SCALE - 1))::int FROM generate_series(1, 20))
+    AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.post_id = p.id);
+INSERT INTO uploads (post_id, path, bytes, sha256, created_at)
+SELECT (SELECT max(id) FROM posts) - g, 'uploads/new/round-$r/' || g, 100000, md5(g::text), now() FROM generate_series(1, 5) g;
+SQL
+    python3 "$here/storage.py" activity "$storage" "$r"
+}
+
+# ---------------------------------------------------------------- the four tools
+# Snapshots: each reads database "app" and folder $storage. Restores: into database restore_TOOL
+# and folder $work/restore-TOOL (restic and borg keep the stored path below it).
+snapshot_plain() {
+    set -eo pipefail
+    mkdir -p "$repo_plain" "$work/stage"
+    local name; name="backup_$(date -u +%Y%m%d_%H%M%S).tar.gz"
+    while [[ -e "$repo_plain/$name" ]]; do sleep 1; name="backup_$(date -u +%Y%m%d_%H%M%S).tar.gz"; done
+    pg_dump -Fc -d app -f "$work/stage/database.dump"
+    tar -czf "$repo_plain/$name" -C "$work/stage" database.dump -C "$work" storage
+    rm -f "$work/stage/database.dump"
+}
+restore_plain() {
+    set -eo pipefail
+    mkdir -p "$work/restore-plain"
+    tar -xzf "$(ls "$repo_plain"/backup_*.tar.gz | sort | tail -n 1)" -C "$work/restore-plain"
+    pg_restore -d restore_plain "$work/restore-plain/database.dump"
+}
+snapshot_restic() {
+    set -eo pipefail
+    pg_dump -Fc -Z0 -d app | restic -r "$repo_restic" --compression auto backup --quiet --tag db \
+        --stdin --stdin-filename database.dump
+    restic -r "$repo_restic" --compression auto backup --quiet --tag files "$storage"
+}
+restore_restic() {
+    set -eo pipefail
+    restic -r "$repo_restic" dump --tag db latest database.dump | pg_restore -d restore_restic
+    restic -r "$repo_restic" restore latest --tag files --target "$work/restore-restic" --include "$storage" >/dev/null
+}
+snapshot_borg() {
+    set -eo pipefail
+    local n; n=$(borg list --short "$repo_borg" | wc -l)
+    cd "$work"
+    pg_dump -Fc -Z0 -d app | borg create --compression zstd,3 --stdin-name database.dump \
+        "$repo_borg::s$((n + 1))" - storage
+}
+restore_borg() {
+    set -eo pipefail
+    local last; last=$(borg list --short --last 1 "$repo_borg")
+    borg extract --stdout "$repo_borg::$last" database.dump | pg_restore -d restore_borg
+    mkdir -p "$work/restore-borg" && cd "$work/restore-borg"
+    borg extract "$repo_borg::$last" storage
+}
+snapshot_snap() {
+    "$snap" --repo "$repo_snap" snapshot --db dbname=app --storage "$storage" --quiet >/dev/null
+}
+restore_snap() {
+    "$snap" --repo "$repo_snap" restore latest --db dbname=restore_snap --storage-to "$work/restore-snap" >/dev/null
+}
+export -f snapshot_plain restore_plain snapshot_restic restore_restic snapshot_borg restore_borg snapshot_snap restore_snap
+
+mkdir -p "$repo_plain" "$SNAP_CACHE_DIR"
+restic -r "$repo_restic" init --repository-version 2 >/dev/null
+borg init --encryption none "$repo_borg" >/dev/null
+"$snap" --repo "$repo_snap" init >/dev/null
+tools=(plain restic borg snap)
+repo_of() { local v="repo_$1"; echo "${!v}"; }
+
+csv="$work/compare-results.csv"
+echo "tool,phase,snapshot,seconds,bytes_added,peak_kib,repo_bytes" >"$csv"
+
+# measure TOOL PHASE N FUNCTION: runs FUNCTION under GNU time (peak RSS is the largest of the
+# process tree: pg_dump, the tool, gzip...), appends a CSV row.
+measure() {
+    local tool=$1 phase=$2 n=$3 fn=$4 repo before after secs kib
+    repo=$(repo_of "$tool")
+    sync
+    before=$(du -sb "$repo" | cut -f1)
+    /usr/bin/time -f '%e %M' -o "$work/time" bash -c "$fn" || { echo "$fn failed" >&2; cat "$work/time" >&2; exit 1; }
+    after=$(du -sb "$repo" | cut -f1)
+    read -r secs kib < <(tail -n 1 "$work/time")
+    if [[ $phase == restore ]]; then
+        echo "$tool,restore,$n,$secs,,$kib,$after" >>"$csv"
+    else
+        echo "$tool,snapshot,$n,$secs,$((after - before)),$kib,$after" >>"$csv"
+    fi
+    printf '  %-6s %-8s %2s  %7.2f s  %6d MB peak  repo %s MB\n' "$tool" "$phase" "$n" "$secs" $((kib / 1024)) $((after / 1000000)) >&2
+}
+
+db_fingerprint() {
+    psql -XAtc "SELECT (SELECT count(*) || '/' || sum(abalance) FROM pgbench_accounts) || ' ' ||
+        (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT count(*) || '/' || sum(length(body)) FROM posts) || ' ' ||
+        (SELECT count(*) FROM users) || ' ' || (SELECT count(*) FROM uploads)" "$1"
+}
+dir_fingerprint() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16); }
+
+for n in $(seq 1 "$ROUNDS"); do
+    if ((n > 1)); then
+        echo "round $n: activity" >&2
+        activity "$n"
+    fi
+    echo "snapshot $n" >&2
+    for t in "${tools[@]}"; do measure "$t" snapshot "$n" "snapshot_$t"; done
+    if ((n == 2 || (ROUNDS < 2 && n == 1))); then
+        echo "restore of snapshot $n" >&2
+        want_db=$(db_fingerprint app) want_dir=$(dir_fingerprint "$storage")
+        for t in "${tools[@]}"; do
+            createdb "restore_$t"
+            measure "$t" restore "$n" "restore_$t"
+            got_dir="$work/restore-$t"
+            [[ $t == restic ]] && got_dir="$work/restore-restic$storage"
+            [[ $t == borg || $t == plain ]] && got_dir="$got_dir/storage"
+            if [[ $(db_fingerprint "restore_$t") != "$want_db" || $(dir_fingerprint "$got_dir") != "$want_dir" ]]; then
+                echo "  $t: RESTORE DIFFERS from the source" >&2
+                echo "$t,restore-mismatch,$n,,,," >>"$csv"
+            else
+                echo "  $t: restore matches the source (row counts, sums; every file's SHA-256)" >&2
+            fi
+            dropdb "restore_$t"
+            rm -rf "$work/restore-$t"
+        done
+    fi
+done
+
+# ---------------------------------------------------------------- report
+cp "$csv" "$orig_pwd/compare-results.csv"
+python3 "$here/report.py" svg "$csv" "$root/docs/compare-repository-size.svg"
+echo
+echo "data set: $dataset"
+echo "tools: restic $(restic version | awk '{print $2}') (--compression auto, repository v2)," \
+    "$(borg --version) (--compression zstd,3, no encryption), snap $("$snap" --version 2>/dev/null || echo '?')"
+echo
+python3 "$here/report.py" table "$csv"
+echo
+echo "CSV: $orig_pwd/compare-results.csv; chart: $root/docs/compare-repository-size.svg" >&2
