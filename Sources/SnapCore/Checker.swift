@@ -27,8 +27,8 @@ public struct Checker: Sendable {
         let (snapshots, recordProblems) = try repository.snapshots()
         report.problems += recordProblems
         report.snapshots = snapshots.count
-        let stored = try repository.objectNames()
-        report.warnings = try repository.foreignFiles().map {
+        let (stored, foreign) = try repository.objectNamesAndForeignFiles()
+        report.warnings = foreign.map {
             "\($0) does not belong in a snap repository; snap ignores it (move it elsewhere)"
         }
 

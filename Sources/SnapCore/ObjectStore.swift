@@ -109,17 +109,32 @@ public final class LocalObjectStore: ObjectStore {
     }
 
     public func list(_ body: (ObjectID) throws -> Void) throws {
+        try scan(object: body, other: { _ in })
+    }
+
+    /// Walks the store once: `object` gets every name a lookup would find (lowercase, in the
+    /// folder of its first two digits); `other` gets the path, relative to the store, of anything
+    /// else (temporary files of interrupted writes excepted).
+    func scan(object: (ObjectID) throws -> Void, other: (String) -> Void) throws {
         let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
         for folderName in try Posix.listDirectory(rootHandle).sorted(by: { $0.lexicographicallyPrecedes($1) }) {
-            guard folderName.count == 2, folderName.allSatisfy(isLowercaseHex) else { continue }
-            let folder = try FileHandle.open(
-                String(decoding: folderName, as: UTF8.self), O_RDONLY | O_DIRECTORY, at: rootHandle)
+            let folderText = String(decoding: folderName, as: UTF8.self)
+            guard folderName.count == 2, folderName.allSatisfy(isLowercaseHex),
+                let status = try Posix.status(folderText, in: rootHandle), status.kind == .directory
+            else {
+                other(folderText)
+                continue
+            }
+            let folder = try FileHandle.open(folderText, O_RDONLY | O_DIRECTORY, at: rootHandle)
             for name in try Posix.listDirectory(folder) {
-                // Only names a lookup would find: lowercase, in the folder of their first two digits.
-                guard name.count == 64, name.allSatisfy(isLowercaseHex), name.starts(with: folderName),
-                    let id = ObjectID(hex: String(decoding: name, as: UTF8.self))
-                else { continue }
-                try body(id)
+                let text = String(decoding: name, as: UTF8.self)
+                if name.count == 64, name.allSatisfy(isLowercaseHex), name.starts(with: folderName),
+                    let id = ObjectID(hex: text)
+                {
+                    try object(id)
+                } else if !text.hasPrefix(Self.temporaryPrefix) {
+                    other(folderText + "/" + text)
+                }
             }
         }
     }

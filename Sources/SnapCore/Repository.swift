@@ -218,35 +218,22 @@ public final class Repository: Sendable {
         return removed
     }
 
-    /// Paths (relative to the repository) of files that are not part of the format; temporary
-    /// files of interrupted runs are not counted.
-    func foreignFiles() throws -> [String] {
+    /// Every object name, and the paths (relative to the repository) of files that are not part
+    /// of the format, from one walk of the store; temporary files of interrupted runs are neither.
+    func objectNamesAndForeignFiles() throws -> (names: Set<ObjectID>, foreign: [String]) {
         var foreign: [String] = []
         let known: Set<String> = ["config", "lock", "objects", "snapshots"]
         for raw in try Posix.listDirectory(try FileHandle.open(path, O_RDONLY | O_DIRECTORY)) {
             let name = String(decoding: raw, as: UTF8.self)
             if !known.contains(name) && !name.hasPrefix(LocalObjectStore.temporaryPrefix) { foreign.append(name) }
         }
-        let objects = try FileHandle.open(objectsPath, O_RDONLY | O_DIRECTORY)
-        for raw in try Posix.listDirectory(objects) {
-            let folder = String(decoding: raw, as: UTF8.self)
-            guard folder.count == 2, folder.utf8.allSatisfy({ hexValue($0) != nil }), folder == folder.lowercased(),
-                let status = try Posix.status(folder, in: objects), status.kind == .directory
-            else {
-                foreign.append("objects/" + folder)
-                continue
-            }
-            for inner in try Posix.listDirectory(try FileHandle.open(folder, O_RDONLY | O_DIRECTORY, at: objects)) {
-                let name = String(decoding: inner, as: UTF8.self)
-                if name.hasPrefix(LocalObjectStore.temporaryPrefix) { continue }
-                if name.count != 64 || name != name.lowercased() || !name.hasPrefix(folder)
-                    || ObjectID(hex: name) == nil
-                {
-                    foreign.append("objects/\(folder)/\(name)")
-                }
-            }
+        var names = Set<ObjectID>()
+        if let local = store as? LocalObjectStore {
+            try local.scan(object: { names.insert($0) }, other: { foreign.append("objects/" + $0) })
+        } else {
+            names = try objectNames()
         }
-        return foreign.sorted()
+        return (names, foreign.sorted())
     }
 
     /// Deletes snapshot records (forget). Their objects stay until `prune`. Only under the
