@@ -26,13 +26,7 @@ public struct SnapshotExporter {
 
     /// `backup_YYYYMMDD_HHMMSS.tar.gz` from the snapshot's time in UTC.
     public static func fileName(for snapshot: Snapshot) -> String {
-        let c = snapshot.record.time.components
-        func pad(_ value: Int, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
-        }
-        return
-            "backup_\(pad(c.year, 4))\(pad(c.month, 2))\(pad(c.day, 2))_\(pad(c.hour, 2))\(pad(c.minute, 2))\(pad(c.second, 2)).tar.gz"
+        "backup_\(snapshot.record.time.compactUTC).tar.gz"
     }
 
     public func write(to sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws -> Statistics {

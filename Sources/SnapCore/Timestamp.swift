@@ -47,6 +47,13 @@ public struct Timestamp: Comparable, Hashable, Sendable, Codable, CustomStringCo
             "\(pad(c.year, 4))-\(pad(c.month, 2))-\(pad(c.day, 2))T\(pad(c.hour, 2)):\(pad(c.minute, 2)):\(pad(c.second, 2))Z"
     }
 
+    /// `YYYYMMDD_HHMMSS` in UTC, as in the classic `backup_YYYYMMDD_HHMMSS.tar.gz`.
+    public var compactUTC: String {
+        let c = components
+        return
+            "\(pad(c.year, 4))\(pad(c.month, 2))\(pad(c.day, 2))_\(pad(c.hour, 2))\(pad(c.minute, 2))\(pad(c.second, 2))"
+    }
+
     public var description: String { iso8601 }
 
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z`.

@@ -66,6 +66,7 @@ import Testing
         let time = Timestamp(nanoseconds: 1_768_132_800_123_456_789)
         #expect(time.iso8601 == "2026-01-11T12:00:00.123456Z")
         #expect(time.iso8601Seconds == "2026-01-11T12:00:00Z")
+        #expect(time.compactUTC == "20260111_120000")
         #expect(Timestamp(iso8601: "2026-01-11T12:00:00Z") == Timestamp(seconds: 1_768_132_800))
         #expect(Timestamp(iso8601: "2026-01-11T12:00:00.5Z")?.nanoseconds == 1_768_132_800_500_000_000)
         #expect(Timestamp(iso8601: time.iso8601)?.nanoseconds == 1_768_132_800_123_456_000)
