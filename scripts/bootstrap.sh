@@ -2,9 +2,11 @@
 # Installs what a fresh Debian machine lacks to build and test snap: the C libraries snap links
 # (OpenSSL, zstd, libpq, zlib), pkg-config, and the PostgreSQL server and client binaries the tests
 # and the demo start a throwaway cluster from. Installs nothing that is already there.
+# Extra Debian packages given as arguments (the benchmarks' restic, borgbackup, time) are
+# installed the same way.
 set -euo pipefail
 
-packages=(libssl-dev libzstd-dev libpq-dev zlib1g-dev pkg-config postgresql postgresql-client zstd)
+packages=(libssl-dev libzstd-dev libpq-dev zlib1g-dev pkg-config postgresql postgresql-client zstd "$@")
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

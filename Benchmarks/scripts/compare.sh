@@ -28,16 +28,7 @@ TX="${TX:-1500}"
 # shellcheck source=../../scripts/lib/throwaway-postgres.sh
 source "$root/scripts/lib/throwaway-postgres.sh"
 
-missing=()
-command -v restic >/dev/null || missing+=(restic)
-command -v borg >/dev/null || missing+=(borgbackup)
-[[ -x /usr/bin/time ]] || missing+=(time)
-command -v pgbench >/dev/null || missing+=(postgresql-contrib)
-if ((${#missing[@]})); then
-    echo "installing ${missing[*]}" >&2
-    sudo=""; [[ $(id -u) -eq 0 ]] || sudo=sudo
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+"$root/scripts/bootstrap.sh" restic borgbackup time postgresql-contrib
 
 if [[ -n "${SNAP_BIN:-}" ]]; then
     snap="$SNAP_BIN"

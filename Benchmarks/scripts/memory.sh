@@ -16,10 +16,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 sizes="${SIZES_MIB:-100 2048}"
 
-if [[ ! -x /usr/bin/time ]]; then
-    echo "installing GNU time (Debian package 'time')" >&2
-    apt-get update -qq && apt-get install -y -qq time >/dev/null
-fi
+"$root/scripts/bootstrap.sh" time
 
 if [[ -n "${SNAP_BIN:-}" ]]; then
     snap="$SNAP_BIN"
