@@ -9,6 +9,15 @@ extern int syncfs(int fd);
 // A pipe whose ends are close-on-exec from the start.
 extern int pipe2(int pipefd[2], int flags);
 
+// The calling thread's id (glibc 2.30).
+extern int gettid(void);
+
+// CPU affinity (sched.h under _GNU_SOURCE). Masks are glibc cpu_set_t bit arrays: bit n of
+// byte n / 8 is CPU n; pid 0 is the calling thread.
+extern int sched_getcpu(void);
+extern int sched_getaffinity(int pid, unsigned long size, void *mask);
+extern int sched_setaffinity(int pid, unsigned long size, const void *mask);
+
 // fcntl command that sets a pipe's capacity (linux/fcntl.h).
 #define F_SETPIPE_SZ 1031
 

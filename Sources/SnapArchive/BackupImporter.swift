@@ -163,10 +163,13 @@ public final class BackupImporter {
             }
         }
 
-        // Manifest order: depth first, names sorted by their bytes; parents must be folders.
+        // Manifest order: depth first, names sorted by their bytes; parents must be folders. The
+        // tree goes into a part of its own, as `snap snapshot` does, so that the manifest of an
+        // exported snapshot imported again is chunked alike and stores nothing new.
         if let database { try writer.append(database) }
+        let tree = writer.makePart()
         if !storage.isEmpty {
-            try appendTree(storage, newest: newest, to: writer, refuse: refuse)
+            try appendTree(storage, newest: newest, to: tree, refuse: refuse)
         }
         let time = Self.timeFromName(path) ?? Timestamp(nanoseconds: newest)
         let name = path.split(separator: "/").last.map(String.init) ?? path
@@ -177,7 +180,7 @@ public final class BackupImporter {
         return try writer.commit(
             time: time, host: SnapshotOptions.localHost, tags: ["imported"] + tags, program: program,
             sources: .init(storage: storage.isEmpty ? nil : "\(name):storage/", database: facts, imported: origin),
-            errors: [])
+            errors: [], parts: [tree])
     }
 
     /// Sorts the storage entries into manifest order, adds the folders the archive left implicit,

@@ -8,7 +8,11 @@ import Synchronization
 /// keeps the hand-off cost negligible. Workers are plain threads, not Swift concurrency tasks,
 /// because they block in `write` and `fsync`. The queue holds a few batches at most, so memory
 /// stays bounded whatever the input size.
-public final class ObjectWriter {
+///
+/// Several threads may write at once (the dump and the storage tree are read side by side): the
+/// hashing runs unlocked on each caller's thread, the known set and the batch being filled sit
+/// behind one lock.
+public final class ObjectWriter: @unchecked Sendable {
     public struct Statistics: Sendable, Equatable {
         public var chunks = 0
         public var newObjects = 0
@@ -21,14 +25,19 @@ public final class ObjectWriter {
         var items: [(id: ObjectID, range: Range<Int>)] = []
     }
 
+    /// What the writing threads share.
+    private struct Filling {
+        var known: Set<ObjectID>
+        var current = Batch()
+        var statistics = Statistics()
+    }
+
     private let store: any ObjectStore
-    private var known: Set<ObjectID>
+    private let filling: Mutex<Filling>
     private let queue: BlockingQueue<Batch>
     private let workers: [Thread]
     private let finished = DispatchGroup()
     private let shared = SharedState()
-    private var current = Batch()
-    private var statistics = Statistics()
     private let batchBytes: Int
 
     public init(
@@ -36,7 +45,7 @@ public final class ObjectWriter {
         workerCount: Int = ProcessInfo.processInfo.activeProcessorCount, batchBytes: Int = 4 << 20
     ) {
         self.store = store
-        self.known = known
+        self.filling = Mutex(Filling(known: known))
         self.batchBytes = batchBytes
         let count = max(1, workerCount)
         let queue = BlockingQueue<Batch>(capacity: count * 2)
@@ -87,42 +96,51 @@ public final class ObjectWriter {
     /// Hashes `chunk`, queues it for storage if the repository lacks it, and returns its name.
     public func write(_ chunk: UnsafeRawBufferPointer) throws -> ObjectID {
         let id = ObjectID(hashing: chunk)
-        statistics.chunks += 1
-        if known.insert(id).inserted {
-            let start = current.bytes.count
-            current.bytes.append(contentsOf: chunk)
-            current.items.append((id, start..<current.bytes.count))
-            statistics.newBytes += UInt64(chunk.count)
-            if current.bytes.count >= batchBytes { try submit() }
+        let full: Batch? = filling.withLock { filling in
+            filling.statistics.chunks += 1
+            guard filling.known.insert(id).inserted else { return nil }
+            let start = filling.current.bytes.count
+            filling.current.bytes.append(contentsOf: chunk)
+            filling.current.items.append((id, start..<filling.current.bytes.count))
+            filling.statistics.newBytes += UInt64(chunk.count)
+            return filling.current.bytes.count >= batchBytes ? takeBatch(&filling) : nil
         }
+        if let full { try submit(full) }
         return id
     }
 
     /// Uncompressed bytes of the chunks found new so far.
-    public var newBytes: UInt64 { statistics.newBytes }
+    public var newBytes: UInt64 { filling.withLock { $0.statistics.newBytes } }
 
     /// Whether the repository (or this run) has the object already.
-    public func contains(_ id: ObjectID) -> Bool { known.contains(id) }
+    public func contains(_ id: ObjectID) -> Bool { filling.withLock { $0.known.contains(id) } }
 
     /// Waits until every queued chunk is stored and durable; the record may be written after this.
+    /// Call it once, after every writing thread is done.
     public func finish() throws -> Statistics {
-        try submit()
+        let (last, counted) = filling.withLock { ($0.current.items.isEmpty ? nil : takeBatch(&$0), $0.statistics) }
+        if let last { try submit(last) }
+        if let failure = shared.state.withLock({ $0.failure }) { throw failure }
         queue.close()
         finished.wait()
         let (failure, newObjects, storedBytes) = shared.state.withLock { ($0.failure, $0.newObjects, $0.storedBytes) }
         if let failure { throw failure }
         try store.flush()
+        var statistics = counted
         statistics.newObjects = newObjects
         statistics.storedBytes = storedBytes
         return statistics
     }
 
-    private func submit() throws {
+    private func takeBatch(_ filling: inout Filling) -> Batch {
+        let batch = filling.current
+        filling.current = Batch()
+        filling.current.bytes.reserveCapacity(batchBytes + (1 << 20))
+        return batch
+    }
+
+    private func submit(_ batch: Batch) throws {
         if let failure = shared.state.withLock({ $0.failure }) { throw failure }
-        guard !current.items.isEmpty else { return }
-        let batch = current
-        current = Batch()
-        current.bytes.reserveCapacity(batchBytes + (1 << 20))
         queue.push(batch)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -21,23 +22,23 @@ public protocol DatabaseDump: AnyObject {
     func skip()
 }
 
-/// How far a running snapshot has got, for a progress display.
+/// How far a running snapshot has got, for a progress display. The dump and the storage tree
+/// are read side by side, so both advance at once.
 public struct SnapshotProgress: Sendable {
-    public enum Phase: Sendable {
-        case database
-        case storage
-    }
-
-    public var phase: Phase
-    /// Bytes read in this phase so far.
-    public var bytes: UInt64
-    /// The expected total of this phase, when known (the database's size for a dump: pg_dump's
-    /// output is usually a little smaller).
-    public var expectedBytes: UInt64?
-    /// Files done so far.
-    public var files: Int
-    /// Uncompressed bytes found new so far, both phases.
-    public var newBytes: UInt64
+    /// Bytes of the database dump read so far.
+    public var databaseBytes: UInt64 = 0
+    /// The database's size when a dump is streaming (pg_dump's output is usually a little
+    /// smaller); nil otherwise.
+    public var expectedDatabaseBytes: UInt64?
+    /// True while pg_dump's output is being read.
+    public var dumping = false
+    /// Whether the snapshot reads a storage folder.
+    public var hasStorage = false
+    /// Files of the storage folder done so far, and their bytes.
+    public var files = 0
+    public var storageBytes: UInt64 = 0
+    /// Uncompressed bytes found new so far, both parts.
+    public var newBytes: UInt64 = 0
 }
 
 /// What to put into a new snapshot.
@@ -60,19 +61,22 @@ public struct SnapshotOptions {
     }
 }
 
-/// Builds one snapshot: the database dump stream (when given), then the storage tree, then the
-/// manifest, and last the record that commits it all.
+/// Builds one snapshot: the database dump stream (when given) and the storage tree, read side by
+/// side on two threads, then the manifest (database entry first), and last the record that
+/// commits it all.
 public final class SnapshotBuilder {
     let repository: Repository
     let options: SnapshotOptions
-    private var errors: [String] = []
     private var filesCache: FilesCache?
-    /// Called with each problem as it is found (a file that cannot be read, say).
+    /// Called with each problem as it is found (a file that cannot be read, say). Never called
+    /// at the same time as itself or `onProgress`.
     public var onWarning: (String) -> Void = { _ in }
-    /// Called after every chunk and file, on the snapshot's thread; keep it cheap.
+    /// Called after every chunk and file; keep it cheap. Never called at the same time as itself
+    /// or `onWarning`, but from either reading thread.
     public var onProgress: (SnapshotProgress) -> Void = { _ in }
-    private var progress = SnapshotProgress(phase: .database, bytes: 0, files: 0, newBytes: 0)
-    private var phaseStart: UInt64 = 0
+    private var reporter = Reporter()
+    /// Set when the snapshot is abandoned: the storage walk stops at its next entry.
+    private let cancelled = Atomic<Bool>(false)
 
     public init(repository: Repository, options: SnapshotOptions) {
         self.repository = repository
@@ -103,47 +107,77 @@ public final class SnapshotBuilder {
         // A snapshot is dated when it starts: the dump's transaction and the file walk begin then.
         let started = Timestamp.now()
         let storage = try options.storage.map(Self.validateStorage)
+        reporter = Reporter(onWarning: onWarning, onProgress: onProgress)
+        reporter.update { $0.hasStorage = storage != nil }
         let writer = try SnapshotWriter(repository: repository)
-        writer.onChunk = { [unowned self, unowned writer] in
-            progress.bytes = writer.bytesSeen - phaseStart
-            progress.newBytes = writer.newBytes
-            onProgress(progress)
-        }
-        progress.expectedBytes = dump.map { UInt64(max(0, $0.facts.sizeBytes)) }
+        let storageWriter = writer.makePart()
+        let cache = storage.map { FilesCache(repository: repository, storage: $0, started: started) }
+        filesCache = cache
 
-        // The database first, so that the files its committed rows point to are present below.
         var reusedFrom: String?
         if let dump, !options.forceDump, let (parent, entry) = try unchangedDump(dump.facts) {
             dump.skip()
             reusedFrom = parent.id
             // The entry as it was, time included: it is the same dump, taken then.
             try writer.append(entry)
+            if let storage { try walkStorage(storage, writer: storageWriter) }
         } else if let dump {
-            // No read-ahead thread: pg_dump writes into a 1 MiB pipe, so it runs ahead while this
-            // thread chunks and hashes (a separate reading thread measured no faster).
-            let stream = try writer.storeStream(.database, read: { try dump.read(into: $0) })
-            try dump.finish()
-            guard stream.size > 0 else {
-                throw SnapError(.invalidInput, "pg_dump produced no output; no snapshot was recorded")
+            // The dump's snapshot was taken when its session opened, before this: every file a
+            // committed row of the dump points to was in the folder before the walk starts, so
+            // the folder may be read while the dump streams.
+            let walk = storage.map { storage in
+                BackgroundWork { [self] in try walkStorage(storage, writer: storageWriter) }
             }
-            try writer.append(
-                ManifestEntry(
-                    kind: .database, path: "database.dump", mode: 0o600, mtime: started.nanoseconds,
-                    size: stream.size, chunks: stream.chunks))
-        }
-        var cache: FilesCache?
-        if let storage {
-            progress = SnapshotProgress(phase: .storage, bytes: 0, files: 0, newBytes: writer.newBytes)
-            phaseStart = writer.bytesSeen
-            cache = FilesCache(repository: repository, storage: storage, started: started)
-            filesCache = cache
-            try walkStorage(storage, writer: writer)
+            do {
+                try storeDump(dump, started: started, writer: writer, stopIf: walk)
+            } catch {
+                cancelled.store(true, ordering: .relaxed)
+                _ = try? walk?.wait()
+                throw error
+            }
+            try walk?.wait()
+        } else if let storage {
+            try walkStorage(storage, writer: storageWriter)
         }
         let snapshot = try writer.commit(
             time: started, host: options.host, tags: options.tags, program: options.program,
-            sources: .init(storage: storage, database: dump?.facts, databaseReusedFrom: reusedFrom), errors: errors)
+            sources: .init(storage: storage, database: dump?.facts, databaseReusedFrom: reusedFrom),
+            errors: reporter.errors, parts: [storageWriter])
         cache?.save()
         return snapshot
+    }
+
+    /// Streams pg_dump's output into the store and appends its entry. Stops early when `walk`
+    /// (the storage tree read alongside) failed, with its error.
+    private func storeDump(
+        _ dump: DatabaseDump, started: Timestamp, writer: SnapshotWriter, stopIf walk: BackgroundWork?
+    ) throws {
+        reporter.update {
+            $0.dumping = true
+            $0.expectedDatabaseBytes = UInt64(max(0, dump.facts.sizeBytes))
+        }
+        writer.onChunk = { [reporter, unowned writer] in
+            let (bytes, new) = (writer.bytesSeen, writer.newBytes)
+            reporter.update {
+                $0.databaseBytes = bytes
+                $0.newBytes = new
+            }
+        }
+        // No read-ahead thread: pg_dump writes into a 1 MiB pipe, so it runs ahead while this
+        // thread chunks and hashes (a separate reading thread measured no faster).
+        let stream = try writer.storeStream(.database) { buffer in
+            if let failure = walk?.failure { throw failure }
+            return try dump.read(into: buffer)
+        }
+        try dump.finish()
+        reporter.update { $0.dumping = false }
+        guard stream.size > 0 else {
+            throw SnapError(.invalidInput, "pg_dump produced no output; no snapshot was recorded")
+        }
+        try writer.append(
+            ManifestEntry(
+                kind: .database, path: "database.dump", mode: 0o600, mtime: started.nanoseconds,
+                size: stream.size, chunks: stream.chunks))
     }
 
     /// The newest snapshot of the same database whose dump is provably still exact, and its dump
@@ -169,6 +203,13 @@ public final class SnapshotBuilder {
     // MARK: Storage tree
 
     private func walkStorage(_ root: String, writer: SnapshotWriter) throws {
+        writer.onChunk = { [reporter, unowned writer] in
+            let (bytes, new) = (writer.bytesSeen, writer.newBytes)
+            reporter.update {
+                $0.storageBytes = bytes
+                $0.newBytes = new
+            }
+        }
         let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
         let status = try rootHandle.status()
         try writer.append(
@@ -176,10 +217,7 @@ public final class SnapshotBuilder {
         try walkDirectory(rootHandle, prefix: "", writer: writer)
     }
 
-    private func warn(_ message: String) {
-        errors.append(message)
-        onWarning(message)
-    }
+    private func warn(_ message: String) { reporter.warn(message) }
 
     private func walkDirectory(
         _ directory: FileHandle, prefix: String, writer: SnapshotWriter
@@ -195,6 +233,7 @@ public final class SnapshotBuilder {
             return
         }
         for rawName in names {
+            if cancelled.load(ordering: .relaxed) { throw SnapError(.io, "the snapshot was abandoned") }
             guard let name = String(validating: rawName, as: UTF8.self) else {
                 let shown = String(decoding: rawName, as: UTF8.self)
                 warn("\(display(prefix + "/" + shown)): the name is not valid UTF-8; skipped (rename it to back it up)")
@@ -225,8 +264,7 @@ public final class SnapshotBuilder {
                 guard let entry = try readFile(name, path: path, in: directory, writer: writer)
                 else { continue }
                 try writer.append(entry)
-                progress.files += 1
-                onProgress(progress)
+                reporter.update { $0.files += 1 }
             case .symlink:
                 do {
                     let target = try Posix.readLink(name, in: directory)
@@ -295,5 +333,65 @@ public final class SnapshotBuilder {
     private func reason(_ error: any Error) -> String {
         if let error = error as? SnapError, let cause = error.cause { return "\(cause)" }
         return "\(error)"
+    }
+}
+
+/// What the two reading threads share, behind one lock. The callbacks run under it, so the
+/// caller's never run at once.
+private final class Reporter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var progress = SnapshotProgress()
+    private var warnings: [String] = []
+    private let onWarning: (String) -> Void
+    private let onProgress: (SnapshotProgress) -> Void
+
+    init(onWarning: @escaping (String) -> Void = { _ in }, onProgress: @escaping (SnapshotProgress) -> Void = { _ in })
+    {
+        self.onWarning = onWarning
+        self.onProgress = onProgress
+    }
+
+    var errors: [String] { lock.withLock { warnings } }
+
+    func warn(_ message: String) {
+        lock.withLock {
+            warnings.append(message)
+            onWarning(message)
+        }
+    }
+
+    func update(_ change: (inout SnapshotProgress) -> Void) {
+        lock.withLock {
+            change(&progress)
+            onProgress(progress)
+        }
+    }
+}
+
+/// Work run on its own thread (with a stack as large as the main thread's, for deep folder
+/// trees), joined with `wait()`.
+final class BackgroundWork: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var error: (any Error)?
+
+    init(_ body: @escaping () throws -> Void) {
+        nonisolated(unsafe) let body = body
+        let thread = Thread { [self] in
+            do { try body() } catch { lock.withLock { self.error = error } }
+            done.signal()
+        }
+        thread.stackSize = 16 << 20
+        thread.start()
+    }
+
+    /// The error the work ended with, if it has ended with one.
+    var failure: (any Error)? { lock.withLock { error } }
+
+    /// Waits for the work to end; rethrows its error.
+    func wait() throws {
+        done.wait()
+        done.signal()
+        if let failure { throw failure }
     }
 }

@@ -3,6 +3,10 @@
 /// Both ways of making a snapshot use it: reading a database dump and a storage folder
 /// (`SnapshotBuilder`), and importing a classic tar.gz. Entries must be appended in manifest order
 /// (the database first, then the storage tree depth-first with names sorted by their bytes).
+///
+/// One thread per writer. To fill two parts of a snapshot at once (the dump on one thread, the
+/// storage tree on another), take a second writer from `makePart()` and pass it to `commit`: its
+/// entries follow this writer's in the manifest.
 public final class SnapshotWriter {
     /// Which chunker parameters a stream is cut with.
     public enum StreamKind: Sendable {
@@ -26,12 +30,26 @@ public final class SnapshotWriter {
     public var newBytes: UInt64 { objects.newBytes }
 
     /// Loads the names of the objects the repository has, so that known chunks cost nothing.
-    public init(repository: Repository) throws {
+    public convenience init(repository: Repository) throws {
+        self.init(
+            repository: repository,
+            objects: ObjectWriter(
+                store: repository.store, known: try repository.objectNames(),
+                compressionLevel: repository.config.compression.level))
+    }
+
+    private init(repository: Repository, objects: ObjectWriter) {
         self.repository = repository
-        objects = ObjectWriter(
-            store: repository.store, known: try repository.objectNames(),
-            compressionLevel: repository.config.compression.level)
+        self.objects = objects
         manifest = ManifestWriter(parameters: repository.config.chunker.tree, objects: objects)
+    }
+
+    /// A writer for a later part of the manifest, to be filled on another thread. It shares this
+    /// writer's objects (a chunk stored by one is known to the other) and is committed with it.
+    /// Its manifest lines are chunked on their own, so the manifest's chunk boundaries do not
+    /// depend on which part finished first.
+    public func makePart() -> SnapshotWriter {
+        SnapshotWriter(repository: repository, objects: objects)
     }
 
     /// Reads a stream to its end and stores its chunks. When `read` throws, the bytes read so far
@@ -77,12 +95,25 @@ public final class SnapshotWriter {
         }
     }
 
-    /// Waits for every object to be durable, then writes the record: the commit point.
+    /// Waits for every object to be durable, then writes the record: the commit point. `parts`
+    /// (from `makePart()`, every one done) follow this writer's entries, in order.
     public func commit(
         time: Timestamp, host: String, tags: [String], program: String, sources: SnapshotRecord.Sources,
-        errors: [String]
+        errors: [String], parts: [SnapshotWriter] = []
     ) throws -> Snapshot {
-        let manifestReference = try manifest.finish()
+        var manifestReference = try manifest.finish()
+        for part in parts {
+            precondition(part.objects === objects, "a part must come from this writer's makePart()")
+            let reference = try part.manifest.finish()
+            manifestReference = StreamReference(
+                size: manifestReference.size + reference.size, chunks: manifestReference.chunks + reference.chunks)
+            totals.databaseBytes += part.totals.databaseBytes
+            totals.files += part.totals.files
+            totals.fileBytes += part.totals.fileBytes
+            totals.directories += part.totals.directories
+            totals.symlinks += part.totals.symlinks
+            filesUnchanged += part.filesUnchanged
+        }
         let statistics = try objects.finish()
         totals.newObjects = statistics.newObjects
         totals.newBytes = statistics.newBytes

@@ -29,7 +29,7 @@ public enum Termination: Equatable, Sendable, CustomStringConvertible {
 /// stdout is a close-on-exec pipe (`pipe2` from CLinux), which is cheaper for the many small
 /// writes pg_dump makes. A child writing to a closed socket or pipe gets SIGPIPE and ends.
 ///
-/// Single-threaded on purpose: every read of stdout and write to stdin polls stderr too, so a
+/// Single-threaded on purpose: every wait for stdout and write to stdin polls stderr too, so a
 /// child that writes a lot of stderr can never block while we wait for its stdout (or the other
 /// way round), without a helper thread. Our pipe ends are close-on-exec, so a second child started
 /// meanwhile (tests run in parallel) cannot hold them open and hide an end of file.
@@ -141,9 +141,30 @@ final class ChildProcess {
     var errorText: String { String(decoding: errorTail, as: UTF8.self) }
 
     /// Reads up to `buffer.count` bytes of the child's stdout; 0 at its end.
+    ///
+    /// Reads first and polls only when nothing is waiting: pg_dump writes 4 KiB at a time, and a
+    /// poll before every read doubled the system calls. stderr is drained whenever we wait, so a
+    /// child blocked on a full stderr is always noticed.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         precondition(outputFD >= 0 || outputEnded, "\(name): stdout is not captured")
         if outputEnded || buffer.count == 0 { return 0 }
+        while true {
+            let count = Glibc.read(outputFD, buffer.baseAddress, buffer.count)
+            if count > 0 { return count }
+            if count == 0 {
+                outputEnded = true
+                return 0
+            }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN: try waitForOutput()
+            default: throw PostgresError(.process, "cannot read the output of \(name)", cause: PosixError(errno))
+            }
+        }
+    }
+
+    /// Waits until stdout is readable (or at its end), draining stderr meanwhile.
+    private func waitForOutput() throws {
         while true {
             var fds = [pollfd(fd: outputFD, events: Int16(POLLIN), revents: 0)]
             if errorFD >= 0 { fds.append(pollfd(fd: errorFD, events: Int16(POLLIN), revents: 0)) }
@@ -152,14 +173,7 @@ final class ChildProcess {
                 throw PostgresError(.process, "cannot read the output of \(name)", cause: PosixError(errno))
             }
             if fds.count > 1, fds[1].revents != 0 { drainError() }
-            guard fds[0].revents != 0 else { continue }
-            let count = Glibc.read(outputFD, buffer.baseAddress, buffer.count)
-            if count < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
-                throw PostgresError(.process, "cannot read the output of \(name)", cause: PosixError(errno))
-            }
-            if count == 0 { outputEnded = true }
-            return count
+            if fds[0].revents != 0 { return }
         }
     }
 
@@ -268,6 +282,8 @@ private func makeOutputPipe() -> (parent: Int32, child: Int32)? {
     var ends: [Int32] = [-1, -1]
     guard pipe2(&ends, O_CLOEXEC) == 0 else { return nil }
     _ = fcntl(ends[0], F_SETPIPE_SZ, Int32(1 << 20))
+    // Our end only (reads poll when it is empty); the child's stays blocking.
+    _ = fcntl(ends[0], F_SETFL, fcntl(ends[0], F_GETFL) | O_NONBLOCK)
     return (ends[0], ends[1])
 }
 

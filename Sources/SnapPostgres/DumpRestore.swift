@@ -53,6 +53,8 @@ public struct RestoreSummary: Sendable, Equatable {
     /// counting every row of a large database would double the restore's time for a number
     /// shown as a summary.
     public var rows: Int64
+    /// Things the user should know about how it went (a parallel restore run with one job, say).
+    public var notes: [String] = []
 
     public init(database: String, tables: Int, rows: Int64) {
         self.database = database
@@ -227,11 +229,25 @@ public final class DumpRestore {
     /// temporary file first (removed afterwards) and `restore(fromFile:)` runs. When `read` throws,
     /// pg_restore is stopped and the error is rethrown inside a `.restoreFailed` error: the target
     /// is then partly restored.
-    public func restore(reading read: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> RestoreSummary {
+    ///
+    /// `size` is the dump's size when known: a parallel restore whose temporary folder has less
+    /// room than that (and 64 MiB to spare) streams with one job instead, and says so in the
+    /// summary's notes.
+    public func restore(size: UInt64? = nil, reading read: (UnsafeMutableRawBufferPointer) throws -> Int) throws
+        -> RestoreSummary
+    {
+        var notes: [String] = []
         if options.jobs > 1 {
-            let path = try spool(read)
-            defer { unlink(path) }
-            return try restore(fromFile: path)
+            let folder = spoolFolder
+            if let size, let free = freeBytes(folder), free < size + (64 << 20) {
+                notes.append(
+                    "\(folder) has \(free >> 20) MiB free, too little for the \(size >> 20) MiB temporary copy a parallel restore needs; restored with one job (set TMPDIR to a roomier folder for --jobs)"
+                )
+            } else {
+                let path = try spool(read)
+                defer { unlink(path) }
+                return try restore(fromFile: path)
+            }
         }
         let tool = try restoreTool()
         let process = try ChildProcess(
@@ -256,7 +272,20 @@ public final class DumpRestore {
         }
         process.closeInput()
         try check(process.wait(), stderr: process.errorText, tool: tool)
-        return try analyze()
+        var summary = try analyze()
+        summary.notes = notes
+        return summary
+    }
+
+    private var spoolFolder: String {
+        options.spoolDirectory ?? options.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+    }
+
+    /// Bytes an unprivileged user may still write in `folder`'s filesystem; nil when unknown.
+    private func freeBytes(_ folder: String) -> UInt64? {
+        var status = statvfs()
+        guard statvfs(folder, &status) == 0 else { return nil }
+        return UInt64(status.f_bavail) * UInt64(status.f_frsize)
     }
 
     /// Restores the dump in the file at `path` (pg_restore reads it itself, with `--jobs` when
@@ -347,9 +376,11 @@ public final class DumpRestore {
         throw PostgresError(.restoreFailed, message)
     }
 
-    /// Writes the stream to a new private temporary file and returns its path.
+    /// Writes the stream to a new private temporary file and returns its path. The data offsets
+    /// pg_dump could not write into a pipe are set in the copy (`DumpDataIndex`), so that the
+    /// parallel workers seek to their tables instead of reading the archive from the start.
     private func spool(_ read: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> String {
-        let folder = options.spoolDirectory ?? options.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        let folder = spoolFolder
         var template = Array("\(folder)/snap-restore-XXXXXX.dump".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemps($0.baseAddress!, 5) }
         guard fd >= 0 else {
@@ -360,10 +391,12 @@ public final class DumpRestore {
         defer { close(fd) }
         let path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var index = DumpDataIndex()
         do {
             while true {
                 let count = try buffer.withUnsafeMutableBytes { try read($0) }
                 if count == 0 { break }
+                buffer.withUnsafeBytes { index.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
                 var offset = 0
                 while offset < count {
                     let written = buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, count - offset) }
@@ -374,6 +407,16 @@ public final class DumpRestore {
                             cause: PosixError(written < 0 ? errno : EIO))
                     }
                     offset += written
+                }
+            }
+            for patch in index.finish() {
+                let written = patch.bytes.withUnsafeBytes {
+                    pwrite(fd, $0.baseAddress!, $0.count, off_t(patch.position))
+                }
+                guard written == patch.bytes.count else {
+                    throw PostgresError(
+                        .restoreFailed, "cannot write the temporary file \(path) for the parallel restore",
+                        cause: PosixError(written < 0 ? errno : EIO))
                 }
             }
         } catch {

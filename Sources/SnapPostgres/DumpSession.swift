@@ -48,6 +48,9 @@ public final class DumpSession: DatabaseDump {
     /// pg_dump, started at the first read: a session whose dump is reused never starts it.
     private var process: ChildProcess?
     private let startProcess: () throws -> ChildProcess
+    /// pg_dump and the thread reading it share one CPU while the dump streams.
+    private var pairing: CPUPairing?
+    private let pairingEnvironment: [String: String]
     private var finished = false
 
     /// Connects (nil `conninfo`: libpq's environment decides, as with psql) and starts pg_dump.
@@ -71,6 +74,7 @@ public final class DumpSession: DatabaseDump {
         } catch {
             throw PostgresError(.query, "cannot start a consistent dump of \(subject)", cause: error)
         }
+        pairingEnvironment = options.environment
         let executable =
             options.environment[PostgresTools.testPgDumpVariable].flatMap { $0.isEmpty ? nil : $0 } ?? pgDump.path
         let arguments = ["--snapshot=\(snapshotID)", "-Fc", "-Z0", "--no-password"]
@@ -87,6 +91,7 @@ public final class DumpSession: DatabaseDump {
         if let process { return process }
         let started = try startProcess()
         process = started
+        pairing = CPUPairing(child: started.pid, environment: pairingEnvironment)
         return started
     }
 
@@ -114,6 +119,8 @@ public final class DumpSession: DatabaseDump {
         guard !finished else { return }
         let process = try running()
         finished = true
+        pairing?.end()
+        pairing = nil
         let readToEnd = process.outputEnded
         let termination = process.wait()
         // The snapshot may go now; a failed rollback changes nothing about the dump.

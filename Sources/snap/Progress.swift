@@ -23,19 +23,24 @@ final class ProgressLine {
         guard now.timeIntervalSince(lastDraw) >= 0.1 else { return }
         lastDraw = now
         let elapsed = max(now.timeIntervalSince(started), 0.001)
-        let rate = Double(progress.bytes) / elapsed
-        var text: String
-        switch progress.phase {
-        case .database:
-            text = "database: \(formatBytes(progress.bytes))"
-            if let expected = progress.expectedBytes, expected > 0 {
-                let share = min(Double(progress.bytes) / Double(expected), 0.99)
-                let remaining = rate > 0 ? Double(expected - min(expected, progress.bytes)) / rate : 0
-                text += String(format: " (~%.0f%%, ETA %.0f s)", share * 100, remaining)
+        let read = progress.databaseBytes + progress.storageBytes
+        let rate = Double(read) / elapsed
+        var parts: [String] = []
+        if progress.dumping || progress.databaseBytes > 0 {
+            var part = "database \(formatBytes(progress.databaseBytes))"
+            if progress.dumping, let expected = progress.expectedDatabaseBytes, expected > 0 {
+                let share = min(Double(progress.databaseBytes) / Double(expected), 0.99)
+                let databaseRate = Double(progress.databaseBytes) / elapsed
+                let remaining =
+                    databaseRate > 0 ? Double(expected - min(expected, progress.databaseBytes)) / databaseRate : 0
+                part += String(format: " (~%.0f%%, ETA %.0f s)", share * 100, remaining)
             }
-        case .storage:
-            text = "storage: \(progress.files) files, \(formatBytes(progress.bytes))"
+            parts.append(part)
         }
+        if progress.hasStorage {
+            parts.append("storage \(progress.files) files, \(formatBytes(progress.storageBytes))")
+        }
+        var text = parts.joined(separator: "; ")
         text += " at \(formatBytes(UInt64(rate)))/s, \(formatBytes(progress.newBytes)) new"
         StandardError.write("\r\(text)\u{1B}[K")
         drawn = true

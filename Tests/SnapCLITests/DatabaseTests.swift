@@ -214,6 +214,46 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
                 || (try parseJSON(try snap("--repo", repo, "list", "--json").stdout) as? [Any])?.isEmpty == true)
     }
 
+    /// The storage folder is read while the dump streams; a dump that dies meanwhile still records
+    /// nothing, the walk stops, and the next snapshot (files stored by the failed one included)
+    /// is whole.
+    @Test func killedPgDumpWhileTheFolderIsReadRecordsNothing() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
+        let hook = folder.file("pg_dump")
+        for index in 0..<400 {
+            let path = storage + "/d\(index % 20)/f\(index).bin"
+            try FileManager.default.createDirectory(
+                atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try writeFile(path, pseudoRandomBytes(5000 + index, seed: UInt64(index)))
+        }
+        let source = try makeAwkwardDatabase(cluster)
+        let realDump = cluster.binDirectory + "/pg_dump"
+        try writeFile(
+            hook, Array("#!/bin/sh\n\(realDump) \"$@\" | head -c 20000\nsleep 0.5\nkill -9 $$\n".utf8), mode: 0o755)
+        try snap("--repo", repo, "init")
+        let failed = try snap(
+            "--repo", repo, "snapshot", "--db", cluster.conninfo(database: source), "--storage", storage,
+            environment: ["SNAP_TEST_PG_DUMP": hook])
+        #expect(failed.status == 1)
+        #expect(failed.stderr.contains("pg_dump"), "\(failed.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
+
+        let good = try snap(
+            "--repo", repo, "snapshot", "--db", cluster.conninfo(database: source), "--storage", storage)
+        #expect(good.status == 0, "\(good.stderr)")
+        #expect(try snap("--repo", repo, "check", "--read-data").status == 0)
+        let target = cluster.uniqueDatabaseName("afterkill")
+        try cluster.createDatabase(target)
+        let restored = folder.file("restored")
+        let restore = try snap(
+            "--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: target), "--storage-to", restored)
+        #expect(restore.status == 0, "\(restore.stderr)")
+        #expect(try dump(target) == dump(source))
+        #expect(differences(try readTree(storage), try readTree(restored)).isEmpty)
+    }
+
     /// Runs on a cluster of its own with autovacuum off: the WAL position is cluster-wide, so other
     /// tests' writes (or an autoanalyze) would rightly prevent the reuse.
     @Test func unchangedDatabaseReusesTheLastDumpAndAnyChangeDumpsAgain() throws {

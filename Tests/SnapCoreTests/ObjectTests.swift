@@ -1,5 +1,6 @@
 import Foundation
 import SnapTestSupport
+import Synchronization
 import Testing
 
 @testable import SnapCore
@@ -112,6 +113,38 @@ import Testing
             let content = try store.get(id).withUnsafeBytes { try decompressor.decompress($0, limit: 1 << 20) }
             #expect(ObjectID(hashing: content) == id)
         }
+    }
+
+    /// The dump and the storage tree write from two threads at once: every chunk is counted,
+    /// each distinct one stored exactly once, whichever thread saw it first.
+    @Test func twoThreadsWritingTheSameChunksStoreEachOnce() throws {
+        let folder = try TemporaryDirectory()
+        let store = LocalObjectStore(root: folder.path)
+        let writer = ObjectWriter(store: store, known: [], compressionLevel: 1, workerCount: 2, batchBytes: 20_000)
+        let chunks = (0..<300).map { pseudoRandomBytes(2000 + $0 % 7, seed: UInt64($0)) }
+        let results = Mutex<[[ObjectID]]>([[], []])
+        DispatchQueue.concurrentPerform(iterations: 2) { side in
+            // Both sides write all 300 (in opposite orders) and 100 of their own.
+            let order = side == 0 ? Array(chunks.indices) : chunks.indices.reversed()
+            var ids: [ObjectID] = []
+            for index in order {
+                ids.append(try! chunks[index].withUnsafeBytes { try writer.write($0) })
+                if index % 3 == 0 {
+                    let own = pseudoRandomBytes(1500, seed: UInt64(10_000 * (side + 1) + index))
+                    ids.append(try! own.withUnsafeBytes { try writer.write($0) })
+                }
+            }
+            results.withLock { $0[side] = ids }
+        }
+        let statistics = try writer.finish()
+        let (first, second) = results.withLock { ($0[0], $0[1]) }
+        #expect(statistics.chunks == first.count + second.count)
+        #expect(statistics.chunks == 800)
+        #expect(statistics.newObjects == 500)
+        var stored = Set<ObjectID>()
+        try store.list { stored.insert($0) }
+        #expect(stored == Set(first).union(second))
+        #expect(Set(chunks.map { $0.withUnsafeBytes { ObjectID(hashing: $0) } }).isSubset(of: stored))
     }
 }
 

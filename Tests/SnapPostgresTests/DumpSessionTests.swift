@@ -187,6 +187,48 @@ struct DumpSessionTests {
         #expect(error.description.count < 1000)
     }
 
+    /// While the dump streams, pg_dump and the thread reading it run on one CPU; afterwards the
+    /// thread has its CPUs back. SNAP_NO_CPU_PAIRING turns it off.
+    @Test(.enabled(if: allowedCPUs("self").count >= 2)) func pgDumpAndItsReaderShareOneCPU() throws {
+        let cluster = try TestCluster.start()
+        let folder = try TemporaryDirectory()
+        // Reports the CPUs it may use once the pairing (done right after the start) is in place.
+        let fake = try script(
+            folder, "pg_dump",
+            """
+            sleep 0.3
+            printf 'PGDMP '
+            grep Cpus_allowed_list /proc/$$/status
+            """)
+        for pairing in [true, false] {
+            var extra = [PostgresTools.testPgDumpVariable: fake]
+            if !pairing { extra["SNAP_NO_CPU_PAIRING"] = "1" }
+            let before = allowedCPUs("thread-self")
+            let session = try DumpSession(
+                conninfo: cluster.conninfo(database: "postgres"),
+                options: DumpOptions(environment: environment(adding: extra)))
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            var output: [UInt8] = []
+            while true {
+                let count = try buffer.withUnsafeMutableBytes { try session.read(into: $0) }
+                if count == 0 { break }
+                output += buffer[0..<count]
+            }
+            let during = allowedCPUs("thread-self")
+            try session.finish()
+            let child = String(decoding: output, as: UTF8.self)
+            let childCPUs = parseCPUList(String(child.split(separator: "\t").last ?? ""))
+            if pairing {
+                #expect(during.count == 1, "\(during)")
+                #expect(childCPUs == during, "\(child)")
+            } else {
+                #expect(during == before)
+                #expect(childCPUs == before, "\(child)")
+            }
+            #expect(allowedCPUs("thread-self") == before)
+        }
+    }
+
     @Test func finishingBeforeTheEndIsAFailure() throws {
         let cluster = try TestCluster.start()
         let source = try makeSourceDatabase(cluster, prefix: "early", rows: 20000)
@@ -234,4 +276,25 @@ struct DumpSessionTests {
         #expect(tool.path == cluster.binDirectory + "/pg_dump")
         #expect(tool.majorVersion == String(cluster.majorVersion))
     }
+}
+
+/// The CPUs /proc/<who>/status allows ("self" the process, "thread-self" the calling thread).
+func allowedCPUs(_ who: String) -> Set<Int> {
+    let status = (try? String(contentsOfFile: "/proc/\(who)/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") } ?? ""
+    return parseCPUList(String(line.split(separator: "\t").last ?? ""))
+}
+
+/// "0-2,5" -> [0, 1, 2, 5].
+func parseCPUList(_ text: String) -> Set<Int> {
+    var cpus = Set<Int>()
+    for part in text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",") {
+        let bounds = part.split(separator: "-").compactMap { Int($0) }
+        if bounds.count == 2 {
+            cpus.formUnion(bounds[0]...bounds[1])
+        } else if let one = bounds.first {
+            cpus.insert(one)
+        }
+    }
+    return cpus
 }

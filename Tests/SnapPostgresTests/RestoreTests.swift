@@ -127,6 +127,29 @@ struct RestoreTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["db.dump"])
     }
 
+    /// A temporary folder without room for the copy: the restore streams with one job, says so,
+    /// and still gives the source back.
+    @Test func parallelRestoreWithoutRoomStreamsWithOneJobAndSaysSo() throws {
+        let cluster = try TestCluster.start()
+        let source = try dumpSource(cluster, prefix: "room")
+        let target = cluster.uniqueDatabaseName("roomless")
+        try cluster.createDatabase(target)
+        defer {
+            try? cluster.dropDatabase(source.database)
+            try? cluster.dropDatabase(target)
+        }
+        let folder = try TemporaryDirectory()
+        let restore = try DumpRestore(
+            conninfo: cluster.conninfo(database: target), options: RestoreOptions(jobs: 2, spoolDirectory: folder.path))
+        // A dump larger than any disk.
+        let summary = try restore.restore(size: 1 << 60, reading: ByteReader(source.bytes).read)
+        #expect(summary.notes.count == 1)
+        #expect(summary.notes.first?.contains("restored with one job") == true, "\(summary.notes)")
+        #expect(summary.notes.first?.contains(folder.path) == true)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).isEmpty)
+        #expect(try cluster.pgDumpPlain(database: target) == source.plain)
+    }
+
     @Test func recreateGivesAnEmptyDatabaseWithTheSameEncodingAndOwner() throws {
         let cluster = try TestCluster.start()
         let source = try dumpSource(cluster, prefix: "clean")
