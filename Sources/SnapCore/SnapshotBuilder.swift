@@ -115,9 +115,11 @@ public final class SnapshotBuilder {
         filesCache = cache
 
         var reusedFrom: String?
+        var reusedParent: Snapshot?
         if let dump, !options.forceDump, let (parent, entry) = try unchangedDump(dump.facts) {
             dump.skip()
             reusedFrom = parent.id
+            reusedParent = parent
             // The entry as it was, time included: it is the same dump, taken then.
             try writer.append(entry)
             if let storage { try walkStorage(storage, writer: storageWriter) }
@@ -139,9 +141,14 @@ public final class SnapshotBuilder {
         } else if let storage {
             try walkStorage(storage, writer: storageWriter)
         }
+        var facts = dump?.facts
+        if let reusedParent {
+            // The same dump, so the same layout; this session streamed nothing to learn it from.
+            facts?.tableData = reusedParent.record.sources.database?.tableData
+        }
         let snapshot = try writer.commit(
             time: started, host: options.host, tags: options.tags, program: options.program,
-            sources: .init(storage: storage, database: dump?.facts, databaseReusedFrom: reusedFrom),
+            sources: .init(storage: storage, database: facts, databaseReusedFrom: reusedFrom),
             errors: reporter.errors, parts: [storageWriter])
         cache?.save()
         return snapshot

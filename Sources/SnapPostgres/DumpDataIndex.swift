@@ -1,3 +1,5 @@
+import SnapCore
+
 /// Finds, as a custom-format dump (`pg_dump -Fc`) streams past, where each entry's data starts,
 /// so that a copy of the dump on disk can be given the offsets pg_dump could not write.
 ///
@@ -107,6 +109,20 @@ struct DumpDataIndex {
             for index in 0..<offsetSize { bytes.append(UInt8(truncatingIfNeeded: start >> (8 * index))) }
             return (field.position, bytes)
         }
+    }
+
+    /// The data blocks' layout; call after `finish`. nil when the dump could not be read whole.
+    var tableData: DatabaseFacts.TableData? {
+        guard !failed, case .blockType = state, field.isEmpty else { return nil }
+        let starts = dataStarts.values.sorted()
+        guard !starts.isEmpty else { return DatabaseFacts.TableData(entries: 0, largestBytes: 0, totalBytes: 0) }
+        var largest = 0
+        for (index, start) in starts.enumerated() {
+            let end = index + 1 < starts.count ? starts[index + 1] : position
+            largest = max(largest, end - start)
+        }
+        return DatabaseFacts.TableData(
+            entries: starts.count, largestBytes: Int64(largest), totalBytes: Int64(position - starts[0]))
     }
 
     private mutating func fail() {

@@ -55,6 +55,8 @@ public struct RestoreSummary: Sendable, Equatable {
     public var rows: Int64
     /// Things the user should know about how it went (a parallel restore run with one job, say).
     public var notes: [String] = []
+    /// pg_restore jobs that did the work.
+    public var jobs = 1
 
     public init(database: String, tables: Int, rows: Int64) {
         self.database = database
@@ -297,7 +299,9 @@ public final class DumpRestore {
             environment: childEnvironment(),
             input: .none, captureOutput: false, errorLimit: options.stderrLimit)
         try check(process.wait(), stderr: process.errorText, tool: tool)
-        return try analyze()
+        var summary = try analyze()
+        summary.jobs = max(1, options.jobs)
+        return summary
     }
 
     /// Runs ANALYZE on the target, so the planner has statistics from the first query and the

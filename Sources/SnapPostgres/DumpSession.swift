@@ -36,7 +36,8 @@ public struct DumpOptions {
 /// local user can read.
 public final class DumpSession: DatabaseDump {
     /// Facts about the dumped state; no password and no connection string.
-    public let facts: DatabaseFacts
+    /// `tableData` is filled in once the dump has been read to its end.
+    public private(set) var facts: DatabaseFacts
     /// The exported snapshot pg_dump was given.
     public let snapshotID: String
     /// The pg_dump whose version was checked (the test hook may run another executable).
@@ -50,6 +51,8 @@ public final class DumpSession: DatabaseDump {
     private let startProcess: () throws -> ChildProcess
     /// pg_dump and the thread reading it share one CPU while the dump streams.
     private var pairing: CPUPairing?
+    /// Follows the data blocks as they stream, for `facts.tableData`.
+    private var dataIndex = DumpDataIndex()
     private let pairingEnvironment: [String: String]
     private var finished = false
 
@@ -108,6 +111,7 @@ public final class DumpSession: DatabaseDump {
         guard !finished else { return 0 }
         let count = try running().read(into: buffer)
         bytesRead += UInt64(count)
+        dataIndex.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         return count
     }
 
@@ -123,6 +127,10 @@ public final class DumpSession: DatabaseDump {
         pairing = nil
         let readToEnd = process.outputEnded
         let termination = process.wait()
+        if readToEnd {
+            _ = dataIndex.finish()
+            facts.tableData = dataIndex.tableData
+        }
         // The snapshot may go now; a failed rollback changes nothing about the dump.
         try? connection.execute("ROLLBACK")
         connection.close()

@@ -297,10 +297,10 @@ struct RestoreCommand: ParsableCommand {
         abstract: "Bring back a snapshot exactly.",
         discussion: """
             The database streams from the repository into pg_restore --exit-on-error. With --jobs
-            above 1 (the default on a machine with several CPUs) it is first written to a temporary
-            file in $TMPDIR, since a parallel restore needs a seekable file; when that folder lacks
-            the room, the restore streams with one job and says so. Then snap runs ANALYZE and
-            prints what it restored. Without --db,
+            above 1 (the default when the dump's data is spread over several tables) it is first
+            written to a temporary file in $TMPDIR, since a parallel restore needs a seekable file;
+            when that folder lacks the room, the restore streams with one job and says so. Then
+            snap runs ANALYZE and prints what it restored. Without --db,
             libpq's environment names the target database, as with psql. The storage folder is
             restored at the same time.
 
@@ -335,14 +335,18 @@ struct RestoreCommand: ParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Parallel pg_restore jobs (default: the CPU count, at most 4; 1 streams without a temporary copy).",
+            "Parallel pg_restore jobs; 1 streams without a temporary copy. Default: one per CPU (at most 4) when the dump's data is spread over several tables, else 1.",
             valueName: "n"))
-    var jobs: Int = RestoreCommand.defaultJobs
+    var jobs: Int?
 
-    /// Parallel jobs pay on a database of several tables (13% faster on the benchmark's app
-    /// database with 2); a dump whose data is one big table gains nothing and pays for the
-    /// temporary copy (8% on pgbench). Most application databases are the former.
-    static let defaultJobs = min(4, max(1, ProcessInfo.processInfo.activeProcessorCount))
+    /// Parallel jobs pay when the data is spread over tables (13% faster on the benchmark's app
+    /// database with 2 jobs); a dump that is mostly one table gains nothing and pays for the
+    /// temporary copy (8% slower on a 200 MB pgbench dump, 40% on 1.4 GB). The snapshot records
+    /// the layout; without it (imported dumps, older snapshots) one job.
+    static func defaultJobs(_ facts: DatabaseFacts?) -> Int {
+        guard facts?.tableData?.worthParallelRestore == true else { return 1 }
+        return min(4, max(1, ProcessInfo.processInfo.activeProcessorCount))
+    }
 
     @Flag(name: .customLong("no-db"), help: "Do not restore the database.")
     var noDB = false
@@ -357,7 +361,7 @@ struct RestoreCommand: ParsableCommand {
     var noACL = false
 
     func validate() throws {
-        if jobs < 1 { throw ValidationError("--jobs must be at least 1") }
+        if let jobs, jobs < 1 { throw ValidationError("--jobs must be at least 1") }
         if noStorage && storageTo != nil { throw ValidationError("--storage-to and --no-storage exclude each other") }
     }
 
@@ -415,7 +419,7 @@ struct RestoreCommand: ParsableCommand {
         if case .success(let summary?) = databaseResult {
             for note in summary.notes { StandardError.write("snap: note: \(note)\n") }
             print(
-                "restored database \(summary.database): \(summary.tables) tables, about \(summary.rows) rows (analyzed)"
+                "restored database \(summary.database) with \(summary.jobs) job\(summary.jobs == 1 ? "" : "s"): \(summary.tables) tables, about \(summary.rows) rows (analyzed)"
             )
         }
         if case .success(let statistics)? = storageResult.get(), let storageTo {
@@ -439,7 +443,8 @@ struct RestoreCommand: ParsableCommand {
             throw SnapError(.corrupt, "snapshot \(snapshot.shortID) records a database but its manifest has no dump")
         }
         let options = RestoreOptions(
-            jobs: jobs, noOwner: noOwner, noACL: noACL, dumpFacts: snapshot.record.sources.database,
+            jobs: jobs ?? Self.defaultJobs(snapshot.record.sources.database), noOwner: noOwner, noACL: noACL,
+            dumpFacts: snapshot.record.sources.database,
             applicationName: "snap")
         let target = try DumpRestore(conninfo: db, options: options)
         if !clean { try target.requireEmpty() }

@@ -149,6 +149,51 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         #expect(differences(try readTree(storage), try readTree(restored)).isEmpty)
     }
 
+    /// The snapshot records how the dump's data is spread; a restore runs parallel jobs by
+    /// default only when no table holds most of it, and says how many it ran.
+    @Test func restoreJobsFollowTheRecordedTableData() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        try snap("--repo", repo, "init")
+        let spread = cluster.uniqueDatabaseName("spread")
+        let single = cluster.uniqueDatabaseName("single")
+        try cluster.createDatabase(spread)
+        try cluster.createDatabase(single)
+        try cluster.psql(
+            """
+            CREATE TABLE a AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;
+            CREATE TABLE b AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;
+            CREATE TABLE c AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 10000) g;
+            """, database: spread)
+        try cluster.psql(
+            "CREATE TABLE only_one AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g",
+            database: single)
+        let cpus = min(4, ProcessInfo.processInfo.activeProcessorCount)
+        for (database, expectedJobs) in [(spread, cpus), (single, 1)] {
+            let made = try snap(
+                "--repo", repo, "snapshot", "--db", cluster.conninfo(database: database), "--json", "--force-dump")
+            #expect(made.status == 0, "\(made.stderr)")
+            let summary = try #require(try parseJSON(made.stdout) as? [String: Any])
+            let layout = try #require((summary["database"] as? [String: Any])?["table_data"] as? [String: Any])
+            #expect(layout["entries"] as? Int == (database == spread ? 3 : 1), "\(layout)")
+            let id = try #require(summary["id"] as? String)
+
+            let target = cluster.uniqueDatabaseName("jobs")
+            try cluster.createDatabase(target)
+            let restored = try snap("--repo", repo, "restore", id, "--db", cluster.conninfo(database: target))
+            #expect(restored.status == 0, "\(restored.stderr)")
+            let plural = expectedJobs == 1 ? "job" : "jobs"
+            #expect(restored.stdout.contains("with \(expectedJobs) \(plural):"), "\(restored.stdout)")
+            #expect(try dump(target) == dump(database))
+
+            let again = cluster.uniqueDatabaseName("jobsone")
+            try cluster.createDatabase(again)
+            let one = try snap(
+                "--repo", repo, "restore", id, "--db", cluster.conninfo(database: again), "--jobs", "1")
+            #expect(one.stdout.contains("with 1 job:"), "\(one.stdout)")
+        }
+    }
+
     @Test func connectionFailuresAreOneLineAndRecordNothing() throws {
         let folder = try TemporaryDirectory()
         let repo = folder.file("repo")

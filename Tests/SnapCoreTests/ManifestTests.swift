@@ -158,3 +158,24 @@ import Testing
         #expect(problems.count == 1 && problems[0].contains(bad.id))
     }
 }
+
+@Suite struct TableDataTests {
+    /// Parallel restore by default only when the data is spread: two blocks or more, none above
+    /// three quarters.
+    @Test func parallelRestoreOnlyWhenNoTableHoldsMostOfTheData() {
+        let cases: [(entries: Int, largest: Int64, total: Int64, parallel: Bool)] = [
+            (0, 0, 0, false),
+            (1, 1000, 1000, false),
+            (4, 990, 1000, false),  // pgbench: one table is nearly everything
+            (3, 751, 1000, false),
+            (3, 750, 1000, true),
+            (5, 640, 1000, true),  // the benchmark's app database
+            (2, 500, 1000, true),
+        ]
+        for item in cases {
+            let data = DatabaseFacts.TableData(
+                entries: item.entries, largestBytes: item.largest, totalBytes: item.total)
+            #expect(data.worthParallelRestore == item.parallel, "\(item)")
+        }
+    }
+}

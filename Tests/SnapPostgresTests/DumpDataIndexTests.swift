@@ -31,6 +31,12 @@ struct DumpDataIndexTests {
                     "entry \(field.dumpID), pieces of \(pieceSize)")
             }
             #expect(Set(withData.map(\.dumpID)) == Set(index.dataStarts.keys))
+            // The blocks run from the first one to the end of the dump.
+            let layout = try #require(index.tableData)
+            let first = try #require(index.dataStarts.values.min())
+            #expect(layout.entries == withData.count)
+            #expect(layout.totalBytes == Int64(bytes.count - first))
+            #expect(layout.largestBytes > 0 && layout.largestBytes < layout.totalBytes)
         }
     }
 
@@ -102,6 +108,10 @@ struct DumpDataIndexTests {
         var cut = DumpDataIndex()
         feed(&cut, Array(bytes.dropLast(3)), pieceSize: 4096)
         #expect(cut.finish().isEmpty)
+        #expect(cut.tableData == nil)
+        // The session learned the same layout as it streamed.
+        #expect(session.facts.tableData == whole.tableData)
+        #expect(session.facts.tableData?.entries ?? 0 >= 3)
     }
 
     private func feed(_ index: inout DumpDataIndex, _ bytes: [UInt8], pieceSize: Int) {
