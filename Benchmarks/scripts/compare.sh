@@ -22,6 +22,7 @@
 #                   ext4 here spent seconds allocating inodes: that hits snap, one file per object,
 #                   far more than restic and borg, which write pack files); 0 to use the folder as is
 #   SNAP_BIN=path   use this snap binary instead of building one
+#   TOOLS="plain restic borg snap"   the tools to run, in this order
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -131,7 +132,7 @@ mkdir -p "$repo_plain" "$SNAP_CACHE_DIR"
 restic -r "$repo_restic" init --repository-version 2 >/dev/null
 borg init --encryption none "$repo_borg" >/dev/null
 "$snap" --repo "$repo_snap" init >/dev/null
-tools=(plain restic borg snap)
+read -r -a tools <<<"${TOOLS:-plain restic borg snap}"
 repo_of() { local v="repo_$1"; echo "${!v}"; }
 
 csv="$work/compare-results.csv"
@@ -142,9 +143,11 @@ echo "tool,phase,snapshot,seconds,bytes_added,peak_kib,repo_bytes" >"$csv"
 measure() {
     local tool=$1 phase=$2 n=$3 fn=$4 repo before after secs kib
     repo=$(repo_of "$tool")
-    # Every tool starts from a checkpointed server and synced disks: the writes of the data set
-    # and of the activity are not charged to whichever tool happens to run next.
+    # Every tool starts from a checkpointed server and synced disks: the writes of the data set,
+    # of the activity and of the tool before are not charged to whichever tool runs next. Twice:
+    # the first sync turns the work filesystem's writes into dirty pages of its image file.
     psql -XAtqc CHECKPOINT postgres >/dev/null
+    sync
     sync
     before=$(du -sb "$repo" | cut -f1)
     /usr/bin/time -f '%e %M' -o "$work/time" bash -c "$fn" || { echo "$fn failed" >&2; cat "$work/time" >&2; exit 1; }
