@@ -269,6 +269,12 @@ struct ShowCommand: ParsableCommand {
                     "          dump reused from snapshot \(parent.prefix(8)): same WAL position and sequences, no unlogged tables"
                 )
             }
+            if let data = database.tableData, data.totalBytes > 0 {
+                let share = Int((Double(data.largestBytes) / Double(data.totalBytes) * 100).rounded())
+                lines.append(
+                    "          data in \(data.entries) block(s), the largest \(share)%: a restore runs \(data.worthParallelRestore ? "parallel jobs" : "one job") by default"
+                )
+            }
         }
         lines.append(
             "added     \(totals.newObjects) new objects, \(formatBytes(totals.newBytes)) new data, \(formatBytes(totals.storedBytes)) stored"

@@ -177,6 +177,10 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
             let layout = try #require((summary["database"] as? [String: Any])?["table_data"] as? [String: Any])
             #expect(layout["entries"] as? Int == (database == spread ? 3 : 1), "\(layout)")
             let id = try #require(summary["id"] as? String)
+            let shown = try snap("--repo", repo, "show", id).stdout
+            let choice =
+                database == spread ? "a restore runs parallel jobs by default" : "a restore runs one job by default"
+            #expect(shown.contains(choice), "\(shown)")
 
             let target = cluster.uniqueDatabaseName("jobs")
             try cluster.createDatabase(target)
