@@ -1,7 +1,8 @@
 #ifndef SNAP_CLINUX_SHIM_H
 #define SNAP_CLINUX_SHIM_H
-// glibc calls and constants that Swift's Glibc module hides behind _GNU_SOURCE. Declared here
-// directly: the symbols are in every glibc since 2.14.
+
+// glibc calls and constants that Swift's Glibc module hides behind _GNU_SOURCE or leaves out.
+// Declared here directly: the symbols are in every glibc since 2.14 (gettid since 2.30).
 
 // Flushes the whole filesystem holding fd: one call makes a batch of new objects durable.
 extern int syncfs(int fd);
@@ -17,6 +18,14 @@ extern int gettid(void);
 extern int sched_getcpu(void);
 extern int sched_getaffinity(int pid, unsigned long size, void *mask);
 extern int sched_setaffinity(int pid, unsigned long size, const void *mask);
+
+#include <sys/vfs.h>
+
+// The filesystem type (statfs f_type: TMPFS_MAGIC, ...) of path; -1 when it cannot be read.
+static inline long snap_filesystem_type(const char *path) {
+    struct statfs status;
+    return statfs(path, &status) == 0 ? (long)status.f_type : -1;
+}
 
 // fcntl command that sets a pipe's capacity (linux/fcntl.h).
 #define F_SETPIPE_SZ 1031

@@ -106,6 +106,7 @@ public final class SnapshotBuilder {
     public func run(dump: DatabaseDump? = nil) throws -> Snapshot {
         // A snapshot is dated when it starts: the dump's transaction and the file walk begin then.
         let started = Timestamp.now()
+        cancelled.store(false, ordering: .relaxed)
         let storage = try options.storage.map(Self.validateStorage)
         reporter = Reporter(onWarning: onWarning, onProgress: onProgress)
         reporter.update { $0.hasStorage = storage != nil }
@@ -313,6 +314,8 @@ public final class SnapshotBuilder {
         let stream: StreamReference
         do {
             stream = try writer.storeStream(.files) { buffer in
+                // A failed dump stops the walk within a read, not at the end of a large file.
+                if self.cancelled.load(ordering: .relaxed) { throw SnapError(.io, "the snapshot was abandoned") }
                 do { return try handle.read(into: buffer) } catch {
                     readFailure = error
                     throw error

@@ -157,7 +157,7 @@ public struct DatabaseFacts: Codable, Sendable, Equatable {
     /// restore runs pg_restore in parallel by default.
     public var tableData: TableData?
 
-    /// The data blocks of a custom-format dump (one per table with rows, and one per batch of large
+    /// The data blocks of a custom-format dump (one per dumped table, and one per batch of large
     /// objects), with their framing.
     public struct TableData: Codable, Sendable, Equatable {
         /// Entries with a data block.

@@ -8,6 +8,7 @@ public final class StreamReader {
     let expectedSize: UInt64
     private let decompressor = ZstdDecompressor()
     private let prefetcher: ChunkPrefetcher?
+    private var failure: (any Error)?
     private var nextChunk = 0
     private var current: [UInt8] = []
     private var offset = 0
@@ -38,8 +39,15 @@ public final class StreamReader {
                 }
                 return 0
             }
+            if let failure { throw failure }
             if let prefetcher {
-                current = try prefetcher.next()
+                do {
+                    current = try prefetcher.next()
+                } catch {
+                    // The chunk is lost to the reader: every later read fails the same way.
+                    failure = error
+                    throw error
+                }
             } else {
                 current = try repository.loadObject(chunks[nextChunk], decompressor: decompressor)
             }

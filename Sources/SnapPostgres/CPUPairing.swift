@@ -14,7 +14,7 @@ import Foundation
 /// process that produces the data, the dump's real bottleneck. On one CPU the pair switches
 /// locally and leaves the other CPUs to the server and the compressors (docs/BENCHMARKS.md has
 /// the figures). Nothing is pinned when the thread may use only one CPU, or when
-/// `SNAP_NO_CPU_PAIRING` is set.
+/// `SNAP_NO_CPU_PAIRING` is set to anything but empty or 0.
 final class CPUPairing {
     /// glibc's cpu_set_t: 1024 bits.
     private static let maskBytes = 128
@@ -24,7 +24,7 @@ final class CPUPairing {
     /// Pins the calling thread and `child` to the CPU the thread runs on now; nil when that is
     /// not worth doing or not allowed.
     init?(child: pid_t, environment: [String: String]) {
-        guard environment["SNAP_NO_CPU_PAIRING"] == nil else { return nil }
+        if let off = environment["SNAP_NO_CPU_PAIRING"], !off.isEmpty, off != "0" { return nil }
         var allowed = [UInt8](repeating: 0, count: Self.maskBytes)
         guard sched_getaffinity(0, UInt(Self.maskBytes), &allowed) == 0,
             allowed.reduce(0, { $0 + $1.nonzeroBitCount }) >= 2

@@ -56,7 +56,8 @@ struct DumpDataIndex {
     private static let blockData: UInt8 = 1
     private static let blockLargeObjects: UInt8 = 3
     /// The header and table of contents are read whole; beyond this, give up.
-    private static let headerLimit = 256 << 20
+    /// (32 MiB holds the entries of some 200,000 tables or large objects.)
+    private static let headerLimit = 32 << 20
 
     /// Takes the next bytes of the dump.
     mutating func feed(_ bytes: UnsafeRawBufferPointer) {
@@ -182,7 +183,7 @@ struct DumpDataIndex {
             let negative = bytes[index] != 0
             index += size
             position += size
-            return negative ? -value : value
+            return negative ? 0 &- value : value
         }
         let step = min(size - field.count, bytes.count - index)
         field.append(contentsOf: bytes[index..<index + step])
@@ -192,7 +193,7 @@ struct DumpDataIndex {
         defer { field.removeAll(keepingCapacity: true) }
         var value = 0
         for byte in 0..<intSize { value |= Int(field[1 + byte]) << (8 * byte) }
-        return field[0] != 0 ? -value : value
+        return field[0] != 0 ? 0 &- value : value
     }
 
     // MARK: Header and table of contents
@@ -217,8 +218,8 @@ struct DumpDataIndex {
             cursor.intSize = Int(try cursor.byte())
             let offsetSize = Int(try cursor.byte())
             let format = try cursor.byte()
-            // Custom format 1.10 (PostgreSQL 8.4) up to 1.16 (PostgreSQL 17).
-            guard major == 1, (10...16).contains(minor), format == 1, (1...8).contains(cursor.intSize),
+            // Custom format 1.11 (the first with a section per entry) up to 1.16 (PostgreSQL 17).
+            guard major == 1, (11...16).contains(minor), format == 1, (1...8).contains(cursor.intSize),
                 (1...8).contains(offsetSize)
             else { throw Invalid() }
             if minor >= 15 { _ = try cursor.byte() } else { _ = try cursor.int() }  // compression
@@ -279,7 +280,7 @@ struct DumpDataIndex {
             let raw = try bytes(1 + intSize)
             var value = 0
             for byte in 0..<intSize { value |= Int(raw[1 + byte]) << (8 * byte) }
-            return raw[0] != 0 ? -value : value
+            return raw[0] != 0 ? 0 &- value : value
         }
 
         /// Skips a string; false when it was the null string.

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import SnapCore
 
@@ -233,15 +234,20 @@ public final class DumpRestore {
     /// is then partly restored.
     ///
     /// `size` is the dump's size when known: a parallel restore whose temporary folder has less
-    /// room than that (and 64 MiB to spare) streams with one job instead, and says so in the
-    /// summary's notes.
+    /// room than that (and a tenth more, at least 256 MiB), or is in memory (tmpfs), streams with
+    /// one job instead, and says so in the summary's notes.
     public func restore(size: UInt64? = nil, reading read: (UnsafeMutableRawBufferPointer) throws -> Int) throws
         -> RestoreSummary
     {
         var notes: [String] = []
         if options.jobs > 1 {
             let folder = spoolFolder
-            if let size, let free = freeBytes(folder), free < size + (64 << 20) {
+            if isInMemory(folder) {
+                notes.append(
+                    "\(folder) is in memory (tmpfs), and a parallel restore would copy the whole dump there; restored with one job (set TMPDIR to a folder on disk for --jobs)"
+                )
+            } else if let size, let free = freeBytes(folder), free < size + max(256 << 20, size / 10) {
+                // Room to spare beyond the copy: the folder is usually shared with others.
                 notes.append(
                     "\(folder) has \(free >> 20) MiB free, too little for the \(size >> 20) MiB temporary copy a parallel restore needs; restored with one job (set TMPDIR to a roomier folder for --jobs)"
                 )
@@ -281,6 +287,13 @@ public final class DumpRestore {
 
     private var spoolFolder: String {
         options.spoolDirectory ?? options.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+    }
+
+    /// Whether `folder` is on a filesystem held in memory (tmpfs, ramfs), where a copy of the
+    /// dump would take the server's memory.
+    private func isInMemory(_ folder: String) -> Bool {
+        let type = snap_filesystem_type(folder)
+        return type == 0x0102_1994 || type == 0x8584_58f6
     }
 
     /// Bytes an unprivileged user may still write in `folder`'s filesystem; nil when unknown.
@@ -383,7 +396,7 @@ public final class DumpRestore {
     /// Writes the stream to a new private temporary file and returns its path. The data offsets
     /// pg_dump could not write into a pipe are set in the copy (`DumpDataIndex`), so that the
     /// parallel workers seek to their tables instead of reading the archive from the start.
-    private func spool(_ read: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> String {
+    func spool(_ read: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> String {
         let folder = spoolFolder
         var template = Array("\(folder)/snap-restore-XXXXXX.dump".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemps($0.baseAddress!, 5) }

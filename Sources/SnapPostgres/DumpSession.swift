@@ -102,6 +102,7 @@ public final class DumpSession: DatabaseDump {
     public func skip() {
         guard !finished else { return }
         finished = true
+        pairing?.end()
         try? connection.execute("ROLLBACK")
         connection.close()
     }
@@ -109,7 +110,14 @@ public final class DumpSession: DatabaseDump {
     /// Reads up to `buffer.count` bytes of the dump; 0 at its end.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         guard !finished else { return 0 }
-        let count = try running().read(into: buffer)
+        let count: Int
+        do {
+            count = try running().read(into: buffer)
+        } catch {
+            // The caller gives up on the dump: give its thread its CPUs back now.
+            pairing?.end()
+            throw error
+        }
         bytesRead += UInt64(count)
         dataIndex.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         return count

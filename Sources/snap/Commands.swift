@@ -270,7 +270,8 @@ struct ShowCommand: ParsableCommand {
                 )
             }
             if let data = database.tableData, data.totalBytes > 0 {
-                let share = Int((Double(data.largestBytes) / Double(data.totalBytes) * 100).rounded())
+                // Rounded up, so that "75%" never shows for a share just above the 3/4 rule.
+                let share = Int((Double(data.largestBytes) / Double(data.totalBytes) * 100).rounded(.up))
                 lines.append(
                     "          data in \(data.entries) block(s), the largest \(share)%: a restore runs \(data.worthParallelRestore ? "parallel jobs" : "one job") by default"
                 )

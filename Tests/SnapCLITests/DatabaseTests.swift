@@ -184,7 +184,10 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
 
             let target = cluster.uniqueDatabaseName("jobs")
             try cluster.createDatabase(target)
-            let restored = try snap("--repo", repo, "restore", id, "--db", cluster.conninfo(database: target))
+            // /var/tmp, on disk: a TMPDIR in memory (tmpfs) would make the restore stream with one job.
+            let restored = try snap(
+                "--repo", repo, "restore", id, "--db", cluster.conninfo(database: target),
+                environment: ["TMPDIR": "/var/tmp"])
             #expect(restored.status == 0, "\(restored.stderr)")
             let plural = expectedJobs == 1 ? "job" : "jobs"
             #expect(restored.stdout.contains("with \(expectedJobs) \(plural):"), "\(restored.stdout)")
@@ -264,8 +267,8 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     }
 
     /// The storage folder is read while the dump streams; a dump that dies meanwhile still records
-    /// nothing, the walk stops, and the next snapshot (files stored by the failed one included)
-    /// is whole.
+    /// nothing, the walk stops (inside a large file, not after it), and the next snapshot (files
+    /// stored by the failed one included) is whole.
     @Test func killedPgDumpWhileTheFolderIsReadRecordsNothing() throws {
         let folder = try TemporaryDirectory()
         let repo = folder.file("repo")
@@ -281,13 +284,21 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         let realDump = cluster.binDirectory + "/pg_dump"
         try writeFile(
             hook, Array("#!/bin/sh\n\(realDump) \"$@\" | head -c 20000\nsleep 0.5\nkill -9 $$\n".utf8), mode: 0o755)
+        // A 64 GiB sparse file, read first: about a minute of chunking and hashing, so the walk is
+        // inside it when pg_dump dies, and must stop there rather than read it to the end.
+        let sparse = storage + "/a-large-sparse.bin"
+        FileManager.default.createFile(atPath: sparse, contents: nil)
+        #expect(truncate(sparse, 64 << 30) == 0)
         try snap("--repo", repo, "init")
+        let started = Date()
         let failed = try snap(
             "--repo", repo, "snapshot", "--db", cluster.conninfo(database: source), "--storage", storage,
             environment: ["SNAP_TEST_PG_DUMP": hook])
+        #expect(Date().timeIntervalSince(started) < 30, "the walk was not stopped when the dump failed")
         #expect(failed.status == 1)
         #expect(failed.stderr.contains("pg_dump"), "\(failed.stderr)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
+        try FileManager.default.removeItem(atPath: sparse)
 
         let good = try snap(
             "--repo", repo, "snapshot", "--db", cluster.conninfo(database: source), "--storage", storage)

@@ -179,3 +179,61 @@ import Testing
         }
     }
 }
+
+@Suite struct StreamReaderTests {
+    /// Read ahead on two threads gives the same bytes in order, and a damaged chunk fails the read
+    /// in its turn, with the chunks before it delivered, and every read after it.
+    @Test func readAheadDeliversInOrderAndStopsAtADamagedChunk() throws {
+        let folder = try TemporaryDirectory()
+        let repository = try Repository.initialize(at: folder.path + "/repo")
+        let writer = try SnapshotWriter(repository: repository)
+        let content = pseudoRandomBytes(3 << 20, seed: 11)
+        var offset = 0
+        let stream = try writer.storeStream(.database) { buffer in
+            let count = min(buffer.count, content.count - offset)
+            content.withUnsafeBytes {
+                buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<offset + count]))
+            }
+            offset += count
+            return count
+        }
+        _ = try writer.commit(
+            time: Timestamp.now(), host: "h", tags: [], program: "test", sources: .init(storage: nil, database: nil),
+            errors: [])
+        #expect(stream.chunks.count > 10)
+
+        func readAll(_ reader: StreamReader) -> (bytes: [UInt8], error: (any Error)?) {
+            var result: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 10_000)
+            while true {
+                do {
+                    let count = try buffer.withUnsafeMutableBytes { try reader.read(into: $0) }
+                    if count == 0 { return (result, nil) }
+                    result += buffer[0..<count]
+                } catch {
+                    return (result, error)
+                }
+            }
+        }
+        let whole = readAll(
+            StreamReader(repository: repository, chunks: stream.chunks, size: stream.size, readAhead: 2))
+        #expect(whole.error == nil)
+        #expect(whole.bytes == content)
+
+        // Damage the seventh chunk's object.
+        let damaged = stream.chunks[6]
+        let path = repository.path + "/objects/" + String(damaged.hex.prefix(2)) + "/" + damaged.hex
+        try Data("not a zstd frame".utf8).write(to: URL(fileURLWithPath: path))
+        let reader = StreamReader(repository: repository, chunks: stream.chunks, size: stream.size, readAhead: 2)
+        let partial = readAll(reader)
+        let before = try stream.chunks[0..<6].reduce(0) { total, id in
+            total + (try repository.loadObject(id, decompressor: ZstdDecompressor())).count
+        }
+        #expect(partial.bytes == Array(content[0..<before]))
+        let error = try #require(partial.error as? SnapError)
+        #expect(error.code == .corrupt)
+        #expect(error.description.contains(damaged.hex))
+        var buffer = [UInt8](repeating: 0, count: 100)
+        #expect(throws: SnapError.self) { try buffer.withUnsafeMutableBytes { try reader.read(into: $0) } }
+    }
+}

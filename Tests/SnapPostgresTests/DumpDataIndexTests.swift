@@ -79,6 +79,37 @@ struct DumpDataIndexTests {
         #expect(try cluster.pgDumpPlain(database: target) == (try cluster.pgDumpPlain(database: source)))
     }
 
+    /// The temporary copy a parallel restore makes has every data offset set.
+    @Test func spooledCopyHasTheOffsets() throws {
+        let cluster = try TestCluster.start()
+        let source = try makeSourceDatabase(cluster, prefix: "spool", rows: 3000)
+        let target = cluster.uniqueDatabaseName("spooltarget")
+        try cluster.createDatabase(target)
+        defer {
+            try? cluster.dropDatabase(source)
+            try? cluster.dropDatabase(target)
+        }
+        let session = try DumpSession(conninfo: cluster.conninfo(database: source))
+        let bytes = try readAll(session)
+        try session.finish()
+        let folder = try TemporaryDirectory()
+        let restore = try DumpRestore(
+            conninfo: cluster.conninfo(database: target), options: RestoreOptions(jobs: 2, spoolDirectory: folder.path))
+        let path = try restore.spool(ByteReader(bytes).read)
+        defer { unlink(path) }
+        let copy = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+        #expect(copy.count == bytes.count)
+        var index = DumpDataIndex()
+        feed(&index, copy, pieceSize: 65536)
+        #expect(index.finish().isEmpty)
+        let withData = index.fields.filter { $0.state != 3 }
+        #expect(withData.count >= 3)
+        for field in withData {
+            #expect(field.state == 2)
+            #expect(index.dataStarts[field.dumpID] == field.storedOffset)
+        }
+    }
+
     /// Anything that is not a whole custom-format dump is left alone.
     @Test func givesUpOnWhatItCannotRead() throws {
         let cases: [[UInt8]] = [
@@ -108,6 +139,18 @@ struct DumpDataIndexTests {
         var cut = DumpDataIndex()
         feed(&cut, Array(bytes.dropLast(3)), pieceSize: 4096)
         #expect(cut.finish().isEmpty)
+        // A damaged block section: a wrong block type, or bytes after the last block.
+        let firstBlock = try #require(whole.dataStarts.values.min())
+        var wrongType = bytes
+        wrongType[firstBlock] = 7
+        var garbageAfter = bytes
+        garbageAfter += [9, 9, 9]
+        for damaged in [wrongType, garbageAfter] {
+            var index = DumpDataIndex()
+            feed(&index, damaged, pieceSize: 4096)
+            #expect(index.finish().isEmpty)
+            #expect(index.tableData == nil)
+        }
         #expect(cut.tableData == nil)
         // The session learned the same layout as it streamed.
         #expect(session.facts.tableData == whole.tableData)
