@@ -24,6 +24,9 @@ public struct RestoreOptions {
     public var environment: [String: String]
     public var applicationName: String
     public var stderrLimit: Int
+    /// Called with each note as soon as it is known (before the restore runs), so that a restore
+    /// that then fails has still said it; the summary lists the notes too.
+    public var onNote: ((String) -> Void)?
 
     public init(
         jobs: Int = 1, noOwner: Bool = false, noACL: Bool = false, dumpFacts: DatabaseFacts? = nil,
@@ -244,13 +247,16 @@ public final class DumpRestore {
             let folder = spoolFolder
             if isInMemory(folder) {
                 notes.append(
-                    "\(folder) is in memory (tmpfs), and a parallel restore would copy the whole dump there; restored with one job (set TMPDIR to a folder on disk for --jobs)"
+                    "\(folder) is in memory (tmpfs), and a parallel restore would copy the whole dump there; restoring with one job (set TMPDIR to a folder on disk for --jobs)"
                 )
             } else if let size, let free = freeBytes(folder), free < size + max(256 << 20, size / 10) {
                 // Room to spare beyond the copy: the folder is usually shared with others.
                 notes.append(
-                    "\(folder) has \(free >> 20) MiB free, too little for the \(size >> 20) MiB temporary copy a parallel restore needs; restored with one job (set TMPDIR to a roomier folder for --jobs)"
+                    "\(folder) has \(free >> 20) MiB free, too little for the \(size >> 20) MiB temporary copy a parallel restore needs; restoring with one job (set TMPDIR to a roomier folder for --jobs)"
                 )
+            }
+            if let note = notes.last {
+                options.onNote?(note)
             } else {
                 let path = try spool(read)
                 defer { unlink(path) }

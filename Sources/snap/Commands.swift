@@ -424,7 +424,6 @@ struct RestoreCommand: ParsableCommand {
         storageDone.wait()
 
         if case .success(let summary?) = databaseResult {
-            for note in summary.notes { StandardError.write("snap: note: \(note)\n") }
             print(
                 "restored database \(summary.database) with \(summary.jobs) job\(summary.jobs == 1 ? "" : "s"): \(summary.tables) tables, about \(summary.rows) rows (analyzed)"
             )
@@ -449,10 +448,11 @@ struct RestoreCommand: ParsableCommand {
         guard let entry = try ManifestReader(repository: repository).databaseEntry(snapshot.record.manifest) else {
             throw SnapError(.corrupt, "snapshot \(snapshot.shortID) records a database but its manifest has no dump")
         }
-        let options = RestoreOptions(
+        var options = RestoreOptions(
             jobs: jobs ?? Self.defaultJobs(snapshot.record.sources.database), noOwner: noOwner, noACL: noACL,
             dumpFacts: snapshot.record.sources.database,
             applicationName: "snap")
+        options.onNote = { StandardError.write("snap: note: \($0)\n") }
         let target = try DumpRestore(conninfo: db, options: options)
         if !clean { try target.requireEmpty() }
         return {

@@ -2,6 +2,7 @@ import Foundation
 import SnapCore
 import SnapPostgres
 import SnapTestSupport
+import Synchronization
 import Testing
 
 @Suite("DumpRestore", needsServer)
@@ -139,12 +140,17 @@ struct RestoreTests {
             try? cluster.dropDatabase(target)
         }
         let folder = try TemporaryDirectory()
-        let restore = try DumpRestore(
-            conninfo: cluster.conninfo(database: target), options: RestoreOptions(jobs: 2, spoolDirectory: folder.path))
+        let heard = Mutex<[String]>([])
+        var options = RestoreOptions(jobs: 2, spoolDirectory: folder.path)
+        // Said before the restore runs, so that a restore that then fails has said it too.
+        options.onNote = { note in heard.withLock { $0.append(note) } }
+        let restore = try DumpRestore(conninfo: cluster.conninfo(database: target), options: options)
         // A dump larger than any disk.
         let summary = try restore.restore(size: 1 << 60, reading: ByteReader(source.bytes).read)
         #expect(summary.notes.count == 1)
-        #expect(summary.notes.first?.contains("restored with one job") == true, "\(summary.notes)")
+        #expect(summary.notes.first?.contains("restoring with one job") == true, "\(summary.notes)")
+        #expect(heard.withLock { $0 } == summary.notes)
+        #expect(summary.jobs == 1)
         #expect(summary.notes.first?.contains(folder.path) == true)
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).isEmpty)
         #expect(try cluster.pgDumpPlain(database: target) == source.plain)
