@@ -20,32 +20,13 @@ CONFIGS="${CONFIGS:-1K,4K,16K 4K,16K,64K 8K,32K,128K 16K,64K,256K 64K,256K,1M 25
 source "$root/scripts/lib/throwaway-postgres.sh"
 # shellcheck source=compare/dataset.sh
 source "$here/dataset.sh"
+# shellcheck source=lib/bench.sh
+source "$root/Benchmarks/scripts/lib/bench.sh"
 
 "$root/scripts/bootstrap.sh" postgresql-contrib
 
-if [[ -n "${SNAP_BIN:-}" ]]; then
-    snap="$SNAP_BIN"
-else
-    echo "building snap (release, --scratch-path .build-compare)" >&2
-    (cd "$root" && swift build -c release --scratch-path .build-compare --product snap >&2)
-    snap="$(cd "$root" && swift build -c release --scratch-path .build-compare --show-bin-path)/snap"
-fi
-
-work="$(mktemp -d "${COMPARE_TMPDIR:-/var/tmp}/snap-chunks.XXXXXX")"
-fresh_fs="${COMPARE_FRESH_FS:-$([[ $(id -u) -eq 0 ]] && echo 1 || echo 0)}"
-cleanup() {
-    pg_stop "$work/pg"
-    if [[ $fresh_fs == 1 ]]; then umount "$work" 2>/dev/null || true; rm -f "$work.img"; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-if [[ $fresh_fs == 1 ]]; then
-    truncate -s 16G "$work.img"
-    mkfs.ext4 -q -F "$work.img"
-    mount -o loop "$work.img" "$work"
-    rmdir "$work/lost+found"
-fi
-chmod 755 "$work"
+build_snap .build-compare
+make_work_folder snap-chunks 16G
 export SNAP_CACHE_DIR="$work/cache"
 storage="$work/storage"
 pg_start "$work/pg"

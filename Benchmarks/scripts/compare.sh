@@ -16,11 +16,8 @@
 #   TX=1500         pgbench transactions per client per round (2 clients)
 #   COMPARE_TMPDIR=/var/tmp   where the work folder goes (not /tmp on the project's VMs: file
 #                   creation there is very slow); removed at exit
-#   COMPARE_FRESH_FS=1   (default as root) the work folder is a fresh ext4 filesystem of its own, a
-#                   sparse 24 GB image under COMPARE_TMPDIR mounted through a loop device, so that
-#                   the host filesystem's history does not decide the results (after mass deletions,
-#                   ext4 here spent seconds allocating inodes: that hits snap, one file per object,
-#                   far more than restic and borg, which write pack files); 0 to use the folder as is
+#   COMPARE_FRESH_FS=1   (default as root) the work folder is a fresh ext4 filesystem of its own
+#                   (a sparse 24 GB image; see lib/bench.sh); 0 to use the folder as is
 #   SNAP_BIN=path   use this snap binary instead of building one
 #   TOOLS="plain restic borg snap"   the tools to run, in this order
 set -euo pipefail
@@ -33,32 +30,13 @@ ROUNDS="${ROUNDS:-10}"
 TX="${TX:-1500}"
 # shellcheck source=../../scripts/lib/throwaway-postgres.sh
 source "$root/scripts/lib/throwaway-postgres.sh"
+# shellcheck source=lib/bench.sh
+source "$root/Benchmarks/scripts/lib/bench.sh"
 
 "$root/scripts/bootstrap.sh" restic borgbackup time postgresql-contrib
 
-if [[ -n "${SNAP_BIN:-}" ]]; then
-    snap="$SNAP_BIN"
-else
-    echo "building snap (release, --scratch-path .build-compare)" >&2
-    (cd "$root" && swift build -c release --scratch-path .build-compare --product snap >&2)
-    snap="$(cd "$root" && swift build -c release --scratch-path .build-compare --show-bin-path)/snap"
-fi
-
-work="$(mktemp -d "${COMPARE_TMPDIR:-/var/tmp}/snap-compare.XXXXXX")"
-fresh_fs="${COMPARE_FRESH_FS:-$([[ $(id -u) -eq 0 ]] && echo 1 || echo 0)}"
-cleanup() {
-    pg_stop "$work/pg"
-    if [[ $fresh_fs == 1 ]]; then umount "$work" 2>/dev/null || true; rm -f "$work.img"; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-if [[ $fresh_fs == 1 ]]; then
-    truncate -s 24G "$work.img"
-    mkfs.ext4 -q -F "$work.img"
-    mount -o loop "$work.img" "$work"
-    rmdir "$work/lost+found"
-fi
-chmod 755 "$work"   # the postgres user needs to reach its cluster folder inside
+build_snap .build-compare
+make_work_folder snap-compare 24G
 
 echo "work folder $work$([[ $fresh_fs == 1 ]] && echo " (a fresh ext4 filesystem)"); restic $(restic version | awk '{print $2}'), $(borg --version)," \
     "snap $("$snap" --version 2>/dev/null || echo '?'), $(pg_dump --version)" >&2

@@ -16,15 +16,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 sizes="${SIZES_MIB:-100 2048}"
 
-"$root/scripts/bootstrap.sh" time
+# shellcheck source=lib/bench.sh
+source "$root/Benchmarks/scripts/lib/bench.sh"
 
-if [[ -n "${SNAP_BIN:-}" ]]; then
-    snap="$SNAP_BIN"
-else
-    echo "building snap (release, --scratch-path .build-release)" >&2
-    (cd "$root" && swift build -c release --scratch-path .build-release --product snap >&2)
-    snap="$(cd "$root" && swift build -c release --scratch-path .build-release --show-bin-path)/snap"
-fi
+"$root/scripts/bootstrap.sh" time
+build_snap .build-release
 
 work="$(mktemp -d "${SNAP_BENCH_TMPDIR:-/var/tmp}/snap-memory.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
