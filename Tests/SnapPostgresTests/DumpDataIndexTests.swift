@@ -50,9 +50,7 @@ struct DumpDataIndexTests {
             try? cluster.dropDatabase(source)
             try? cluster.dropDatabase(target)
         }
-        let session = try DumpSession(conninfo: cluster.conninfo(database: source))
-        var bytes = try readAll(session)
-        try session.finish()
+        var bytes = try dumpWhole(cluster, source).bytes
 
         var index = DumpDataIndex()
         feed(&index, bytes, pieceSize: 65536)
@@ -89,9 +87,7 @@ struct DumpDataIndexTests {
             try? cluster.dropDatabase(source)
             try? cluster.dropDatabase(target)
         }
-        let session = try DumpSession(conninfo: cluster.conninfo(database: source))
-        let bytes = try readAll(session)
-        try session.finish()
+        let bytes = try dumpWhole(cluster, source).bytes
         let folder = try TemporaryDirectory()
         let restore = try DumpRestore(
             conninfo: cluster.conninfo(database: target), options: RestoreOptions(jobs: 2, spoolDirectory: folder.path))
@@ -130,9 +126,7 @@ struct DumpDataIndexTests {
         let cluster = try TestCluster.start()
         let source = try makeSourceDatabase(cluster, prefix: "trunc")
         defer { try? cluster.dropDatabase(source) }
-        let session = try DumpSession(conninfo: cluster.conninfo(database: source))
-        let bytes = try readAll(session)
-        try session.finish()
+        let (bytes, session) = try dumpWhole(cluster, source)
         var whole = DumpDataIndex()
         feed(&whole, bytes, pieceSize: 4096)
         #expect(!whole.finish().isEmpty)

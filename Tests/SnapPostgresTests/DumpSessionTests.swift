@@ -55,9 +55,7 @@ struct DumpSessionTests {
             try? cluster.dropDatabase(source)
             try? cluster.dropDatabase(target)
         }
-        let session = try DumpSession(conninfo: cluster.conninfo(database: source))
-        let bytes = try readAll(session)
-        try session.finish()
+        let (bytes, session) = try dumpWhole(cluster, source)
         #expect(session.bytesRead == UInt64(bytes.count))
         #expect(bytes.starts(with: Array("PGDMP".utf8)))
 

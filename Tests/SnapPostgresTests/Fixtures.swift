@@ -31,6 +31,14 @@ func makeSourceDatabase(_ cluster: TestCluster, prefix: String = "src", rows: In
     return name
 }
 
+/// Dumps `database` whole through a `DumpSession` and finishes it; the session has the facts.
+func dumpWhole(_ cluster: TestCluster, _ database: String) throws -> (bytes: [UInt8], session: DumpSession) {
+    let session = try DumpSession(conninfo: cluster.conninfo(database: database))
+    let bytes = try readAll(session)
+    try session.finish()
+    return (bytes, session)
+}
+
 /// Reads a dump to its end.
 func readAll(_ dump: DatabaseDump, bufferSize: Int = 7000) throws -> [UInt8] {
     var result: [UInt8] = []

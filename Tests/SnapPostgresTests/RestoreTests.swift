@@ -17,9 +17,7 @@ struct RestoreTests {
 
     func dumpSource(_ cluster: TestCluster, prefix: String) throws -> Source {
         let database = try makeSourceDatabase(cluster, prefix: prefix)
-        let session = try DumpSession(conninfo: cluster.conninfo(database: database))
-        let bytes = try readAll(session)
-        try session.finish()
+        let (bytes, session) = try dumpWhole(cluster, database)
         return Source(
             database: database, bytes: bytes, facts: session.facts, plain: try cluster.pgDumpPlain(database: database))
     }
@@ -273,9 +271,7 @@ struct RestoreTests {
         try cluster.psql(
             "CREATE TABLE secrets (x int); ALTER TABLE secrets OWNER TO \(owner); GRANT SELECT ON secrets TO \(reader);",
             database: source)
-        let session = try DumpSession(conninfo: cluster.conninfo(database: source))
-        let bytes = try readAll(session)
-        try session.finish()
+        let bytes = try dumpWhole(cluster, source).bytes
 
         let query =
             "SELECT pg_get_userbyid(relowner) || ' ' || has_table_privilege('\(reader)', 'secrets', 'SELECT') FROM pg_class WHERE relname = 'secrets'"
