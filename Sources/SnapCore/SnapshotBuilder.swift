@@ -158,7 +158,7 @@ public final class SnapshotBuilder {
     /// Streams pg_dump's output into the store and appends its entry. Stops early when `walk`
     /// (the storage tree read alongside) failed, with its error.
     private func storeDump(
-        _ dump: DatabaseDump, started: Timestamp, writer: SnapshotWriter, stopIf walk: BackgroundWork?
+        _ dump: DatabaseDump, started: Timestamp, writer: SnapshotWriter, stopIf walk: BackgroundWork<Void>?
     ) throws {
         reporter.update {
             $0.dumping = true
@@ -375,33 +375,5 @@ private final class Reporter: @unchecked Sendable {
             change(&progress)
             onProgress(progress)
         }
-    }
-}
-
-/// Work run on its own thread (with a stack as large as the main thread's, for deep folder
-/// trees), joined with `wait()`.
-final class BackgroundWork: @unchecked Sendable {
-    private let done = DispatchSemaphore(value: 0)
-    private let lock = NSLock()
-    private var error: (any Error)?
-
-    init(_ body: @escaping () throws -> Void) {
-        nonisolated(unsafe) let body = body
-        let thread = Thread { [self] in
-            do { try body() } catch { lock.withLock { self.error = error } }
-            done.signal()
-        }
-        thread.stackSize = 16 << 20
-        thread.start()
-    }
-
-    /// The error the work ended with, if it has ended with one.
-    var failure: (any Error)? { lock.withLock { error } }
-
-    /// Waits for the work to end; rethrows its error.
-    func wait() throws {
-        done.wait()
-        done.signal()
-        if let failure { throw failure }
     }
 }

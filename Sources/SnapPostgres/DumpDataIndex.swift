@@ -102,8 +102,7 @@ struct DumpDataIndex {
                 fail()
             }
         }
-        // Only a dump that ended between blocks was read whole.
-        guard !failed, case .blockType = state, field.isEmpty else { return [] }
+        guard readWhole else { return [] }
         return fields.compactMap { field in
             guard field.state == 1, let start = dataStarts[field.dumpID] else { return nil }
             var bytes: [UInt8] = [2]
@@ -112,9 +111,16 @@ struct DumpDataIndex {
         }
     }
 
+    /// Whether everything fed so far parsed and ended between two blocks: only then was the dump
+    /// read whole.
+    private var readWhole: Bool {
+        guard !failed, case .blockType = state else { return false }
+        return field.isEmpty
+    }
+
     /// The data blocks' layout; call after `finish`. nil when the dump could not be read whole.
     var tableData: DatabaseFacts.TableData? {
-        guard !failed, case .blockType = state, field.isEmpty else { return nil }
+        guard readWhole else { return nil }
         let starts = dataStarts.values.sorted()
         guard !starts.isEmpty else { return DatabaseFacts.TableData(entries: 0, largestBytes: 0, totalBytes: 0) }
         var largest = 0

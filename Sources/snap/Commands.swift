@@ -408,34 +408,23 @@ struct RestoreCommand: ParsableCommand {
         let database = restoreDatabase ? try prepareDatabase(repository, snapshot) : nil
 
         // The folder is restored on its own thread while pg_restore runs.
-        let storageResult = StorageRestoreResult()
-        let storageDone = DispatchSemaphore(value: 0)
-        if let files {
-            // Handed over whole: this thread does not touch `files` again.
-            nonisolated(unsafe) let restorer = files
-            Thread {
-                storageResult.set(Result { try restorer.run() })
-                storageDone.signal()
-            }.start()
-        } else {
-            storageDone.signal()
-        }
+        let storageWork = files.map { restorer in BackgroundWork { try restorer.run() } }
         let databaseResult = Result { try database.map { try $0() } }
-        storageDone.wait()
+        let storageResult = storageWork.map { work in Result { try work.wait() } }
 
         if case .success(let summary?) = databaseResult {
             print(
                 "restored database \(summary.database) with \(summary.jobs) job\(summary.jobs == 1 ? "" : "s"): \(summary.tables) tables, about \(summary.rows) rows (analyzed)"
             )
         }
-        if case .success(let statistics)? = storageResult.get(), let storageTo {
+        if case .success(let statistics)? = storageResult, let storageTo {
             var line =
                 "restored storage into \(storageTo): \(statistics.files) files (\(formatBytes(statistics.bytes))), \(statistics.directories) folders, \(statistics.symlinks) symlinks"
             if clean { line += "; removed \(statistics.removed) entries the snapshot does not have" }
             print(line)
         }
         if case .failure(let error) = databaseResult { throw error }
-        if case .failure(let error)? = storageResult.get() {
+        if case .failure(let error)? = storageResult {
             throw CommandFailure(
                 message:
                     "storage restore into \(storageTo ?? "") failed: \(error); the folder is partly restored, run the restore again with --clean",
@@ -466,14 +455,6 @@ struct RestoreCommand: ParsableCommand {
 }
 
 /// The storage thread's outcome, handed back to the main thread.
-private final class StorageRestoreResult: @unchecked Sendable {
-    private let lock = NSLock()
-    private var result: Result<Restorer.Statistics, any Error>?
-
-    func set(_ value: Result<Restorer.Statistics, any Error>) { lock.withLock { result = value } }
-    func get() -> Result<Restorer.Statistics, any Error>? { lock.withLock { result } }
-}
-
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
