@@ -7,6 +7,11 @@
 // Flushes the whole filesystem holding fd: one call makes a batch of new objects durable.
 extern int syncfs(int fd);
 
+// Renames without ever replacing (glibc 2.28): with SNAP_RENAME_NOREPLACE it fails with EEXIST
+// when the new name exists, and with EINVAL where the filesystem cannot promise that.
+extern int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+#define SNAP_RENAME_NOREPLACE 1
+
 // A pipe whose ends are close-on-exec from the start.
 extern int pipe2(int pipefd[2], int flags);
 

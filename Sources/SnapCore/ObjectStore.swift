@@ -31,10 +31,11 @@ public protocol ObjectStore: Sendable {
 ///
 /// `put` writes each object to a temporary file in its final folder. `flush` then makes a whole
 /// batch durable with one `syncfs` (a per-file `fsync` costs a journal commit per object, which
-/// dominated snapshot time), hard-links each temporary file to its final name (`link` fails rather
-/// than replaces when the name exists, so an existing object is never rewritten), removes the
-/// temporary names and fsyncs the folders that changed. An object therefore never appears under
-/// its name before its bytes are on disk. `put` flushes by itself every `flushEvery` objects, so
+/// dominated snapshot time), renames each temporary file to its final name without replacing
+/// (`renameat2` with `RENAME_NOREPLACE`; `link` then `unlink` where the filesystem lacks it, so an
+/// existing object is never rewritten) and makes the changed folders durable with a second
+/// `syncfs` (an `fsync` of each folder where `syncfs` is refused). An object therefore never
+/// appears under its name before its bytes are on disk. `put` flushes by itself every `flushEvery` objects, so
 /// the list of pending objects stays small.
 public final class LocalObjectStore: ObjectStore {
     /// Leftovers of interrupted writes start with this; `list` skips them and prune removes them.
@@ -151,13 +152,13 @@ public final class LocalObjectStore: ObjectStore {
                 defer { list.removeAll() }
                 return list
             }
+            let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
             if !batch.isEmpty {
-                try syncFileSystem(orEach: batch.map(\.temporary))
+                if syncfs(rootHandle.fd) != 0 {
+                    for object in batch { try FileHandle.open(object.temporary, O_RDONLY).sync() }
+                }
                 for object in batch {
-                    defer { unlink(object.temporary) }
-                    guard link(object.temporary, object.final) == 0 || errno == EEXIST else {
-                        throw SnapError(.io, "cannot store object \(object.final)", cause: Errno(errno))
-                    }
+                    try publish(temporary: object.temporary, as: object.final)
                     dirtyFolders.withLock { _ = $0.insert(object.folder) }
                     FaultInjection.step()
                 }
@@ -166,6 +167,9 @@ public final class LocalObjectStore: ObjectStore {
                 defer { folders.removeAll() }
                 return folders
             }
+            guard !folders.isEmpty else { return }
+            // One journal commit covers every changed folder; an fsync per folder costs one each.
+            if syncfs(rootHandle.fd) == 0 { return }
             // Deepest first: an `objects/XX` entry must be durable before `objects/` is.
             for folder in folders.sorted(by: { $0.count > $1.count }) {
                 try FileHandle.open(folder, O_RDONLY | O_DIRECTORY).sync()
@@ -173,11 +177,18 @@ public final class LocalObjectStore: ObjectStore {
         }
     }
 
-    /// `syncfs` on the store's filesystem; where that is refused, `fsync` of each file.
-    private func syncFileSystem(orEach paths: [String]) throws {
-        let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
-        if syncfs(rootHandle.fd) == 0 { return }
-        for path in paths { try FileHandle.open(path, O_RDONLY).sync() }
+    /// Gives a durable temporary file its object name, never replacing an existing object.
+    private func publish(temporary: String, as final: String) throws {
+        if renameat2(AT_FDCWD, temporary, AT_FDCWD, final, UInt32(SNAP_RENAME_NOREPLACE)) == 0 { return }
+        var failure = errno
+        if failure == EINVAL || failure == ENOSYS {
+            // Filesystems that cannot rename without replacing: `link` fails rather than replaces.
+            failure = link(temporary, final) == 0 ? 0 : errno
+        }
+        unlink(temporary)
+        guard failure == 0 || failure == EEXIST else {
+            throw SnapError(.io, "cannot store object \(final)", cause: Errno(failure))
+        }
     }
 }
 

@@ -163,6 +163,23 @@ import Testing
         #expect(leftovers.isEmpty)
     }
 
+    /// Two writers racing to publish the same object: the second finds the name taken, keeps the
+    /// first one's bytes, counts it as stored and leaves no temporary file behind.
+    @Test func publishingNeverReplacesAnExistingObject() throws {
+        let folder = try TemporaryDirectory()
+        let first = LocalObjectStore(root: folder.path)
+        let second = LocalObjectStore(root: folder.path)
+        let id = ObjectID(hashing: [7])
+        #expect(try first.put(id, encoded: [1, 1]))
+        #expect(try second.put(id, encoded: [2, 2, 2]))
+        try first.flush()
+        try second.flush()
+        #expect(try second.get(id) == [1, 1])
+        let leftovers = try FileManager.default.subpathsOfDirectory(atPath: folder.path)
+            .filter { $0.contains(LocalObjectStore.temporaryPrefix) }
+        #expect(leftovers.isEmpty)
+    }
+
     @Test func putFlushesByItselfPastTheLimit() throws {
         let folder = try TemporaryDirectory()
         let store = LocalObjectStore(root: folder.path, flushEvery: 4)
