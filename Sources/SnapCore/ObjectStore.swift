@@ -34,7 +34,7 @@ public protocol ObjectStore: Sendable {
 /// dominated snapshot time), renames each temporary file to its final name without replacing
 /// (`renameat2` with `RENAME_NOREPLACE`; `link` then `unlink` where the filesystem lacks it, so an
 /// existing object is never rewritten) and makes the changed folders durable with a second
-/// `syncfs` (an `fsync` of each folder where `syncfs` is refused). An object therefore never
+/// `syncfs`. Where `syncfs` cannot be trusted (see `Durability`), each file and folder is fsynced. An object therefore never
 /// appears under its name before its bytes are on disk. `put` flushes by itself every `flushEvery` objects, so
 /// the list of pending objects stays small.
 public final class LocalObjectStore: ObjectStore {
@@ -48,10 +48,38 @@ public final class LocalObjectStore: ObjectStore {
     private let pending = Mutex<[(temporary: String, final: String, folder: String)]>([])
     /// One flush at a time: the `syncfs` must cover every temporary file it publishes.
     private let flushing = Mutex<Void>(())
+    private let durability = Mutex<Durability>(.undecided)
 
-    public init(root: String, flushEvery: Int = 4096) {
+    /// How a flush makes files durable; decided before the first object is written.
+    private enum Durability {
+        case undecided
+        /// `syncfs` through a descriptor opened before any object was written: it reports every
+        /// write error on the filesystem since then (one opened later may miss an error another
+        /// caller has already been told of).
+        case wholeFileSystem(FileHandle)
+        /// `fsync` of each file and folder: on filesystems where `syncfs` may succeed without
+        /// syncing (FUSE), and for good once a `syncfs` has failed, since it reports an error once
+        /// and only a file's own `fsync` can then vouch for it.
+        case eachFile
+    }
+
+    /// Filesystems whose `syncfs` commits everything written before it (statfs magic numbers):
+    /// ext2/3/4, XFS, Btrfs, F2FS, ZFS, overlayfs (syncs its upper layer), tmpfs (nothing to sync).
+    static let syncfsFileSystems: Set<Int> = [
+        0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010, 0x2FC1_2FC1, 0x794C_7630, 0x0102_1994,
+    ]
+
+    /// The filesystems where this store trusts `syncfs`; tests narrow it to reach the `fsync` path.
+    let syncfsFileSystems: Set<Int>
+
+    public convenience init(root: String, flushEvery: Int = 4096) {
+        self.init(root: root, flushEvery: flushEvery, syncfsFileSystems: Self.syncfsFileSystems)
+    }
+
+    init(root: String, flushEvery: Int, syncfsFileSystems: Set<Int>) {
         self.root = root
         self.flushEvery = flushEvery
+        self.syncfsFileSystems = syncfsFileSystems
     }
 
     func folder(for id: ObjectID) -> String { join(root, String(id.hex.prefix(2))) }
@@ -64,16 +92,19 @@ public final class LocalObjectStore: ObjectStore {
         let folder = folder(for: id)
         if !knownFolders.withLock({ $0.contains(folder) }) {
             try Posix.ensureDirectory(folder, in: nil)
-            knownFolders.withLock { _ = $0.insert(folder) }
-            // The new folder's own entry must be durable too, or a committed object could vanish.
+            // The new folder's own entry must be durable too, or a committed object could vanish;
+            // marked before the folder counts as known, so no flush can miss it.
             dirtyFolders.withLock { _ = $0.insert(root) }
+            knownFolders.withLock { _ = $0.insert(folder) }
         }
         let final = join(folder, id.hex)
         if try Posix.status(final, in: nil) != nil { return false }
+        _ = try syncHandle()
         let temporary = join(folder, Self.temporaryPrefix + id.hex + "-" + Posix.randomHex(6))
         do {
             let handle = try FileHandle.open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
             try handle.writeAll(encoded)
+            try handle.close()
         } catch {
             unlink(temporary)
             throw error
@@ -152,11 +183,8 @@ public final class LocalObjectStore: ObjectStore {
                 defer { list.removeAll() }
                 return list
             }
-            let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
             if !batch.isEmpty {
-                if syncfs(rootHandle.fd) != 0 {
-                    for object in batch { try FileHandle.open(object.temporary, O_RDONLY).sync() }
-                }
+                try makeDurable(batch.map(\.temporary))
                 for object in batch {
                     try publish(temporary: object.temporary, as: object.final)
                     dirtyFolders.withLock { _ = $0.insert(object.folder) }
@@ -167,14 +195,38 @@ public final class LocalObjectStore: ObjectStore {
                 defer { folders.removeAll() }
                 return folders
             }
-            guard !folders.isEmpty else { return }
-            // One journal commit covers every changed folder; an fsync per folder costs one each.
-            if syncfs(rootHandle.fd) == 0 { return }
-            // Deepest first: an `objects/XX` entry must be durable before `objects/` is.
-            for folder in folders.sorted(by: { $0.count > $1.count }) {
-                try FileHandle.open(folder, O_RDONLY | O_DIRECTORY).sync()
+            do {
+                // Deepest first: an `objects/XX` entry must be durable before `objects/` is.
+                try makeDurable(folders.sorted(by: { $0.count > $1.count }))
+            } catch {
+                dirtyFolders.withLock { $0.formUnion(folders) }
+                throw error
             }
         }
+    }
+
+    /// The descriptor to `syncfs` through, or nil when each file is fsynced.
+    private func syncHandle() throws -> FileHandle? {
+        try durability.withLock { state in
+            if case .undecided = state {
+                let type = snap_filesystem_type(root)
+                state =
+                    syncfsFileSystems.contains(type)
+                    ? .wholeFileSystem(try FileHandle.open(root, O_RDONLY | O_DIRECTORY)) : .eachFile
+            }
+            if case .wholeFileSystem(let handle) = state { return handle }
+            return nil
+        }
+    }
+
+    /// Makes the files or folders at `paths` durable: one `syncfs`, or an `fsync` of each.
+    private func makeDurable(_ paths: [String]) throws {
+        guard !paths.isEmpty else { return }
+        if let handle = try syncHandle() {
+            if syncfs(handle.fd) == 0 { return }
+            durability.withLock { $0 = .eachFile }
+        }
+        for path in paths { try FileHandle.open(path, O_RDONLY).sync() }
     }
 
     /// Gives a durable temporary file its object name, never replacing an existing object.

@@ -11,7 +11,7 @@ import CCrypto
 
 /// An owned file descriptor, closed when the value is released.
 final class FileHandle: @unchecked Sendable {
-    let fd: Int32
+    private(set) var fd: Int32
     let path: String
 
     init(fd: Int32, path: String) {
@@ -19,7 +19,15 @@ final class FileHandle: @unchecked Sendable {
         self.path = path
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { Glibc.close(fd) } }
+
+    /// Closes now and reports what `close` reports: some filesystems (NFS) report a failed write
+    /// only there.
+    func close() throws {
+        let result = Glibc.close(fd)
+        fd = -1
+        guard result == 0 else { throw SnapError(.io, "cannot write \(path)", cause: Errno(errno)) }
+    }
 
     static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o600, at dir: FileHandle? = nil)
         throws -> FileHandle

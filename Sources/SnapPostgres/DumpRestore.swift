@@ -258,9 +258,8 @@ public final class DumpRestore {
             if let note = notes.last {
                 options.onNote?(note)
             } else {
-                let path = try spool(read)
-                defer { unlink(path) }
-                return try restore(fromFile: path)
+                let copy = try spool(read)
+                return try withExtendedLifetime(copy) { try restore(fromFile: copy.path) }
             }
         }
         let tool = try restoreTool()
@@ -280,9 +279,10 @@ public final class DumpRestore {
         } catch {
             process.terminate()
             process.wait()
+            // A failed write to pg_restore is a PostgresError of its own; anything else came from `read`.
+            let step = error is PostgresError ? "sending the dump to pg_restore failed" : "reading the dump failed"
             throw PostgresError(
-                .restoreFailed, "reading the dump failed; pg_restore was stopped and \(target) is partly restored",
-                cause: error)
+                .restoreFailed, "\(step); pg_restore was stopped and \(target) is partly restored", cause: error)
         }
         process.closeInput()
         try check(process.wait(), stderr: process.errorText, tool: tool)
@@ -399,10 +399,10 @@ public final class DumpRestore {
         throw PostgresError(.restoreFailed, message)
     }
 
-    /// Writes the stream to a new private temporary file and returns its path. The data offsets
-    /// pg_dump could not write into a pipe are set in the copy (`DumpDataIndex`), so that the
-    /// parallel workers seek to their tables instead of reading the archive from the start.
-    func spool(_ read: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> String {
+    /// Writes the stream to a new private temporary file. The data offsets pg_dump could not
+    /// write into a pipe are set in the copy (`DumpDataIndex`), so that the parallel workers seek
+    /// to their tables instead of reading the archive from the start.
+    func spool(_ read: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> SpooledDump {
         let folder = spoolFolder
         var template = Array("\(folder)/snap-restore-XXXXXX.dump".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemps($0.baseAddress!, 5) }
@@ -411,8 +411,14 @@ public final class DumpRestore {
                 .restoreFailed, "cannot create a temporary file in \(folder) for the parallel restore",
                 cause: PosixError(errno))
         }
-        defer { close(fd) }
-        let path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        let copy = SpooledDump(fd: fd, name: template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+        // Kept open while pg_restore runs, so not to be inherited by it.
+        guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else {
+            throw PostgresError(
+                .restoreFailed, "cannot set up a temporary file in \(folder) for the parallel restore",
+                cause: PosixError(errno))
+        }
+        let failure = "cannot write the temporary file in \(folder) for the parallel restore"
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         var index = DumpDataIndex()
         do {
@@ -425,9 +431,7 @@ public final class DumpRestore {
                     let written = buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, count - offset) }
                     if written < 0 && errno == EINTR { continue }
                     guard written > 0 else {
-                        throw PostgresError(
-                            .restoreFailed, "cannot write the temporary file \(path) for the parallel restore",
-                            cause: PosixError(written < 0 ? errno : EIO))
+                        throw PostgresError(.restoreFailed, failure, cause: PosixError(written < 0 ? errno : EIO))
                     }
                     offset += written
                 }
@@ -437,17 +441,43 @@ public final class DumpRestore {
                     pwrite(fd, $0.baseAddress!, $0.count, off_t(patch.position))
                 }
                 guard written == patch.bytes.count else {
-                    throw PostgresError(
-                        .restoreFailed, "cannot write the temporary file \(path) for the parallel restore",
-                        cause: PosixError(written < 0 ? errno : EIO))
+                    throw PostgresError(.restoreFailed, failure, cause: PosixError(written < 0 ? errno : EIO))
                 }
             }
         } catch {
-            unlink(path)
             if error is PostgresError { throw error }
             throw PostgresError(
                 .restoreFailed, "reading the dump failed; nothing was restored into \(target)", cause: error)
         }
-        return path
+        return copy
+    }
+}
+
+/// The temporary copy of a dump for a parallel restore, open for as long as the value lives.
+///
+/// Where /proc lets pg_restore open the copy through this process's descriptor, its name is
+/// removed at once: however snap ends (killed, even), the copy, a whole database, goes with it.
+/// Elsewhere it keeps its private name (0600) until the value is released.
+final class SpooledDump {
+    private let fd: Int32
+    /// What pg_restore opens: /proc/PID/fd/N, or the file's name.
+    let path: String
+    private let name: String?
+
+    init(fd: Int32, name: String) {
+        self.fd = fd
+        let handle = "/proc/\(getpid())/fd/\(fd)"
+        if access(handle, R_OK) == 0 && unlink(name) == 0 {
+            path = handle
+            self.name = nil
+        } else {
+            path = name
+            self.name = name
+        }
+    }
+
+    deinit {
+        if let name { unlink(name) }
+        close(fd)
     }
 }

@@ -91,9 +91,11 @@ struct DumpDataIndexTests {
         let folder = try TemporaryDirectory()
         let restore = try DumpRestore(
             conninfo: cluster.conninfo(database: target), options: RestoreOptions(jobs: 2, spoolDirectory: folder.path))
-        let path = try restore.spool(ByteReader(bytes).read)
-        defer { unlink(path) }
-        let copy = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+        let spooled = try restore.spool(ByteReader(bytes).read)
+        // Unlinked from the start: nothing of the copy is left in the folder, even while it is used.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).isEmpty)
+        #expect(spooled.path.hasPrefix("/proc/"))
+        let copy = Array(try Data(contentsOf: URL(fileURLWithPath: spooled.path)))
         #expect(copy.count == bytes.count)
         var index = DumpDataIndex()
         feed(&index, copy, pieceSize: 65536)
