@@ -33,18 +33,25 @@ public struct Pruner {
         self.lock = lock
     }
 
-    public func run(dryRun: Bool = false) throws -> Report {
+    /// Deletes what no snapshot needs; with `forgetting`, first removes those snapshots' records,
+    /// once every other snapshot's record and manifest has been read (so a refusal changes
+    /// nothing, and a dry run counts what the real run would delete).
+    public func run(dryRun: Bool = false, forgetting forgotten: [String] = []) throws -> Report {
         var report = Report()
         let (snapshots, problems) = try repository.snapshots()
         if let problem = problems.first {
             throw SnapError(
-                .corrupt, "refusing to prune: \(problem); a damaged record's objects cannot be told apart from garbage")
+                .corrupt,
+                "refusing to prune: \(problem); a damaged record's objects cannot be told apart from garbage"
+                    + (forgotten.isEmpty ? "" : " (nothing was forgotten)"))
         }
-        report.snapshots = snapshots.count
+        let forgottenIDs = Set(forgotten)
+        let remaining = snapshots.filter { !forgottenIDs.contains($0.id) }
+        report.snapshots = remaining.count
 
         var referenced = Set<ObjectID>()
         let reader = ManifestReader(repository: repository)
-        for snapshot in snapshots {
+        for snapshot in remaining {
             referenced.formUnion(snapshot.record.manifest.chunks)
             do {
                 try reader.forEachEntry(snapshot.record.manifest) { referenced.formUnion($0.chunks) }
@@ -52,9 +59,10 @@ public struct Pruner {
                 throw SnapError(
                     .corrupt,
                     "refusing to prune: the manifest of snapshot \(snapshot.shortID) cannot be read (\(error)); run `snap check`"
-                )
+                        + (forgotten.isEmpty ? "" : " (nothing was forgotten)"))
             }
         }
+        if !dryRun { try repository.forget(forgotten) }
 
         var unreferenced: [ObjectID] = []
         try repository.store.list { id in

@@ -124,8 +124,14 @@ struct ForgetCommand: ParsableCommand {
         let (snapshots, problems) = try repository.snapshots()
         for problem in problems { StandardError.write("snap: warning: \(problem)\n") }
         let decision = policy.apply(to: snapshots)
-        if !dryRun { try repository.forget(decision.removed.map(\.id)) }
-        let report = prune ? try Pruner(repository: repository, lock: lock).run(dryRun: dryRun) : nil
+        let removed = decision.removed.map(\.id)
+        var report: Pruner.Report?
+        if prune {
+            // The pruner forgets them itself, after checking it can read every other snapshot.
+            report = try Pruner(repository: repository, lock: lock).run(dryRun: dryRun, forgetting: removed)
+        } else if !dryRun {
+            try repository.forget(removed)
+        }
         if json {
             try printJSON(Output(decision: decision, dryRun: dryRun, prune: report))
             return

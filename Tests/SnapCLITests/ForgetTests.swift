@@ -65,6 +65,29 @@ import Testing
         }
     }
 
+    /// forget --prune that cannot read every remaining snapshot forgets nothing at all; its dry
+    /// run counts the objects the forgotten snapshots alone held.
+    @Test func forgetWithPruneChangesNothingWhenItMustRefuse() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let snapshots = try makeDailySnapshots(repo, days: 4)
+        let objects = try objectCount(repo)
+
+        let dryRun = try snap("--repo", repo, "forget", "--keep-last", "1", "--prune", "--dry-run", "--json")
+        #expect(dryRun.status == 0, "\(dryRun.stderr)")
+        let report = (try parseJSON(dryRun.stdout) as? [String: Any])?["prune"] as? [String: Any]
+        #expect((report?["objects_deleted"] as? Int ?? 0) >= 3)
+        #expect(try objectCount(repo) == objects)
+
+        try writeFile(repo + "/snapshots/" + snapshots[3].id + ".json", Array("{ truncated".utf8))
+        let forget = try snap("--repo", repo, "forget", "--keep-last", "1", "--prune")
+        #expect(forget.status == 1)
+        #expect(forget.stderr.contains("refusing to prune") && forget.stderr.contains("nothing was forgotten"))
+        #expect(forget.stderr.split(separator: "\n").filter { !$0.contains("warning") }.count == 1)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").count == 4)
+        #expect(try objectCount(repo) == objects)
+    }
+
     @Test func tagFilterOnlyTouchesTaggedSnapshots() throws {
         let folder = try TemporaryDirectory()
         let repo = folder.file("repo")
