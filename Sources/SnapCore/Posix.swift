@@ -32,11 +32,39 @@ final class FileHandle: @unchecked Sendable {
     static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o600, at dir: FileHandle? = nil)
         throws -> FileHandle
     {
+        try path.withCString { try open($0, shown: path, flags, mode: mode, at: dir) }
+    }
+
+    /// Opens a name as the folder lists it (bytes, not necessarily UTF-8).
+    static func open(_ name: [UInt8], _ flags: Int32, at dir: FileHandle) throws -> FileHandle {
+        try Posix.withCName(name) {
+            try open($0, shown: String(decoding: name, as: UTF8.self), flags, mode: 0, at: dir)
+        }
+    }
+
+    private static func open(
+        _ path: UnsafePointer<CChar>, shown: String, _ flags: Int32, mode: mode_t, at dir: FileHandle?
+    ) throws -> FileHandle {
         let fd = retryOnInterrupt { openat(dir?.fd ?? AT_FDCWD, path, flags | O_CLOEXEC, mode) }
         guard fd >= 0 else {
-            throw SnapError(.io, "cannot open \(display(path, in: dir))", cause: Errno(errno))
+            throw SnapError(.io, "cannot open \(display(shown, in: dir))", cause: Errno(errno))
         }
-        return FileHandle(fd: fd, path: dir.map { join($0.path, path) } ?? path)
+        return FileHandle(fd: fd, path: dir.map { join($0.path, shown) } ?? shown)
+    }
+
+    /// Sets the open file's or folder's mode: no symlink can redirect it, unlike a chmod by name.
+    func setMode(_ mode: UInt32) throws {
+        guard fchmod(fd, mode_t(mode)) == 0 else {
+            throw SnapError(.io, "cannot set the mode of \(path)", cause: Errno(errno))
+        }
+    }
+
+    /// Sets the open file's or folder's mtime (and atime to the same value).
+    func setModificationTime(nanoseconds: Int64) throws {
+        var times = [timespec](repeating: timespec(nanoseconds: nanoseconds), count: 2)
+        guard futimens(fd, &times) == 0 else {
+            throw SnapError(.io, "cannot set the time of \(path)", cause: Errno(errno))
+        }
     }
 
     /// Reads up to `buffer.count` bytes; 0 means end of file.
@@ -113,12 +141,51 @@ struct FileStatus {
 enum Posix {
     /// `lstat` relative to a directory; nil when the entry does not exist.
     static func status(_ name: String, in dir: FileHandle?) throws -> FileStatus? {
+        try name.withCString { try status($0, shown: name, in: dir) }
+    }
+
+    /// `lstat` of a name as the folder lists it (bytes, not necessarily UTF-8).
+    static func status(_ name: [UInt8], in dir: FileHandle) throws -> FileStatus? {
+        try withCName(name) { try status($0, shown: String(decoding: name, as: UTF8.self), in: dir) }
+    }
+
+    private static func status(_ name: UnsafePointer<CChar>, shown: String, in dir: FileHandle?) throws -> FileStatus? {
         var st = stat()
         guard fstatat(dir?.fd ?? AT_FDCWD, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
             if errno == ENOENT { return nil }
-            throw SnapError(.io, "cannot stat \(display(name, in: dir))", cause: Errno(errno))
+            throw SnapError(.io, "cannot stat \(display(shown, in: dir))", cause: Errno(errno))
         }
         return FileStatus(st)
+    }
+
+    /// The absolute path `path` names, symlinks resolved as far as it exists (a missing tail is
+    /// appended as written); nil when not even the working folder resolves.
+    static func resolvedPath(_ path: String) -> String? {
+        var head = path.isEmpty ? "." : path
+        var tail: [Substring] = []
+        while true {
+            if let real = realpath(head, nil) {
+                defer { free(real) }
+                let base = String(cString: real)
+                return tail.reversed().reduce(base) { $0.hasSuffix("/") ? $0 + $1 : $0 + "/" + $1 }
+            }
+            guard errno == ENOENT else { return nil }
+            guard let slash = head.lastIndex(of: "/") else {
+                tail.append(Substring(head))
+                head = "."
+                continue
+            }
+            let last = head[head.index(after: slash)...]
+            if !last.isEmpty { tail.append(last) }
+            head = slash == head.startIndex ? "/" : String(head[..<slash])
+        }
+    }
+
+    /// Calls `body` with `name` as a C string; for names a String cannot hold exactly.
+    static func withCName<T>(_ name: [UInt8], _ body: (UnsafePointer<CChar>) throws -> T) rethrows -> T {
+        try (name + [0]).withUnsafeBufferPointer { bytes in
+            try bytes.withMemoryRebound(to: CChar.self) { try body($0.baseAddress!) }
+        }
     }
 
     static func makeDirectory(_ name: String, in dir: FileHandle?, mode: mode_t = 0o700) throws {
@@ -160,8 +227,20 @@ enum Posix {
     }
 
     static func unlink(_ name: String, in dir: FileHandle?, directory: Bool = false) throws {
+        try name.withCString { try unlink($0, shown: name, in: dir, directory: directory) }
+    }
+
+    /// `unlinkat` of a name as the folder lists it (bytes, not necessarily UTF-8).
+    static func unlink(_ name: [UInt8], in dir: FileHandle, directory: Bool = false) throws {
+        try withCName(name) {
+            try unlink($0, shown: String(decoding: name, as: UTF8.self), in: dir, directory: directory)
+        }
+    }
+
+    private static func unlink(_ name: UnsafePointer<CChar>, shown: String, in dir: FileHandle?, directory: Bool) throws
+    {
         guard unlinkat(dir?.fd ?? AT_FDCWD, name, directory ? AT_REMOVEDIR : 0) == 0 else {
-            throw SnapError(.io, "cannot remove \(display(name, in: dir))", cause: Errno(errno))
+            throw SnapError(.io, "cannot remove \(display(shown, in: dir))", cause: Errno(errno))
         }
     }
 
@@ -170,12 +249,6 @@ enum Posix {
         var times = [timespec](repeating: timespec(nanoseconds: nanoseconds), count: 2)
         guard utimensat(dir?.fd ?? AT_FDCWD, name, &times, AT_SYMLINK_NOFOLLOW) == 0 else {
             throw SnapError(.io, "cannot set the time of \(display(name, in: dir))", cause: Errno(errno))
-        }
-    }
-
-    static func setMode(_ name: String, in dir: FileHandle?, mode: UInt32) throws {
-        guard fchmodat(dir?.fd ?? AT_FDCWD, name, mode_t(mode), 0) == 0 else {
-            throw SnapError(.io, "cannot set the mode of \(display(name, in: dir))", cause: Errno(errno))
         }
     }
 

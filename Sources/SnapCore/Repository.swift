@@ -39,7 +39,7 @@ public final class Repository: Sendable {
         } else {
             try makeDirectories(path)
         }
-        try Posix.setMode(path, in: nil, mode: 0o700)
+        try FileHandle.open(path, O_RDONLY | O_DIRECTORY).setMode(0o700)
         try Posix.ensureDirectory(join(path, "objects"), in: nil)
         try Posix.ensureDirectory(join(path, "snapshots"), in: nil)
         // The lock file exists from the start, so that the layout never changes under readers.

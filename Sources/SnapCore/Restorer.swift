@@ -30,6 +30,9 @@ public final class Restorer {
     private let decompressor = ZstdDecompressor()
     private var cachedParent: (path: String, handle: FileHandle)?
 
+    /// Set-user-ID and set-group-ID: never restored on files (see `restoreFile`).
+    public static let setIDBits: UInt32 = 0o6000
+
     public init(repository: Repository, snapshot: Snapshot, target: String, clean: Bool) {
         self.repository = repository
         self.snapshot = snapshot
@@ -83,15 +86,18 @@ public final class Restorer {
         }
         cachedParent = nil
         // Folder times last and deepest first: creating their content changed them.
+        // Each through its own descriptor, opened without following a symlink: a folder swapped for
+        // a link meanwhile (by whoever can write in the target) cannot send a chmod elsewhere.
         for directory in directories.reversed() {
+            let folder: FileHandle
             if directory.path == "." {
-                try Posix.setMode(target, in: nil, mode: directory.mode)
-                try Posix.setModificationTime(target, in: nil, nanoseconds: directory.mtime)
+                folder = root
             } else {
                 let (parent, name) = try openParent(of: directory.path, root: root)
-                try Posix.setMode(name, in: parent, mode: directory.mode)
-                try Posix.setModificationTime(name, in: parent, nanoseconds: directory.mtime)
+                folder = try FileHandle.open(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: parent)
             }
+            try folder.setMode(directory.mode)
+            try folder.setModificationTime(nanoseconds: directory.mtime)
         }
         return statistics
     }
@@ -133,6 +139,18 @@ public final class Restorer {
             guard kinds.updateValue(entry.kind, forKey: bytes) == nil else {
                 throw unsafe(entry.path, "the path appears twice")
             }
+            // symlinkat would cut the target at a NUL, making a link other than the recorded one.
+            if entry.kind == .symlink, entry.target?.utf8.contains(0) ?? true {
+                throw unsafe(entry.path, "its link target is missing or holds a NUL byte")
+            }
+            // Every object is there before anything is removed or written: a `--clean` restore
+            // that stopped at a missing object would leave the folder half deleted.
+            if let missing = try entry.chunks.first(where: { try !repository.store.contains($0) }) {
+                throw SnapError(
+                    .notFound,
+                    "cannot restore snapshot \(snapshot.shortID): object \(missing.hex) of '\(entry.path)' is missing from the repository; nothing was written; run `snap check`"
+                )
+            }
         }
         return kinds
     }
@@ -143,8 +161,19 @@ public final class Restorer {
             "refusing to restore snapshot \(snapshot.shortID): entry '\(path)' is unsafe (\(why)); nothing was written")
     }
 
-    /// Refuses a target that is not a folder, or a non-empty one unless `clean`.
+    /// Refuses a target that is not a folder, or a non-empty one unless `clean`, or one that holds
+    /// the repository or lies inside it (a `--clean` restore would delete the repository).
     private func checkTarget() throws {
+        if let repositoryPath = Posix.resolvedPath(repository.path), let targetPath = Posix.resolvedPath(target),
+            targetPath == repositoryPath
+                || repositoryPath.hasPrefix(targetPath.hasSuffix("/") ? targetPath : targetPath + "/")
+                || targetPath.hasPrefix(repositoryPath + "/")
+        {
+            throw SnapError(
+                .invalidInput,
+                "restore target \(target) holds the repository \(repository.path) or lies inside it; restore to a folder outside the repository"
+            )
+        }
         guard let status = try Posix.status(target, in: nil) else { return }
         guard status.kind == .directory else {
             throw SnapError(.invalidInput, "restore target \(target) is not a folder; name a new or empty folder")
@@ -163,13 +192,13 @@ public final class Restorer {
         return try FileHandle.open(target, O_RDONLY | O_DIRECTORY)
     }
 
-    /// `--clean`: removes what the snapshot does not have, and entries whose kind differs.
+    /// `--clean`: removes what the snapshot does not have, and entries whose kind differs. Works
+    /// on names as the folder lists them: one that is not UTF-8 cannot be in a snapshot, and goes.
     private func removeExtras(in directory: FileHandle, prefix: [UInt8], expected: [[UInt8]: ManifestEntry.Kind]) throws
     {
         for name in try Posix.listDirectory(directory) {
             let path = prefix.isEmpty ? name : prefix + [UInt8(ascii: "/")] + name
-            let nameText = String(decoding: name, as: UTF8.self)
-            guard let status = try Posix.status(nameText, in: directory) else { continue }
+            guard let status = try Posix.status(name, in: directory) else { continue }
             let kind: ManifestEntry.Kind? =
                 switch status.kind {
                 case .directory: .directory
@@ -177,34 +206,28 @@ public final class Restorer {
                 case .symlink: .symlink
                 case .other: nil
                 }
-            // A name that is not UTF-8 cannot be in a snapshot; String(decoding:) would alter it.
-            let exact = String(validating: name, as: UTF8.self) != nil
-            if exact, let kind, expected[path] == kind {
+            if let kind, expected[path] == kind {
                 if kind == .directory {
                     try removeExtras(
-                        in: try FileHandle.open(nameText, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory),
+                        in: try FileHandle.open(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory),
                         prefix: path, expected: expected)
                 }
                 continue
             }
-            try removeTree(name, in: directory)
+            try removeTree(name, in: directory, kind: status.kind)
         }
     }
 
-    private func removeTree(_ name: [UInt8], in directory: FileHandle) throws {
-        let text = String(decoding: name, as: UTF8.self)
-        guard String(validating: name, as: UTF8.self) != nil else {
-            throw SnapError(
-                .invalidInput,
-                "\(join(directory.path, text)) has a name that is not UTF-8; remove it by hand, then run the restore again"
-            )
-        }
-        if let status = try Posix.status(text, in: directory), status.kind == .directory {
-            let child = try FileHandle.open(text, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory)
-            for inner in try Posix.listDirectory(child) { try removeTree(inner, in: child) }
-            try Posix.unlink(text, in: directory, directory: true)
+    private func removeTree(_ name: [UInt8], in directory: FileHandle, kind: FileStatus.Kind) throws {
+        if kind == .directory {
+            let child = try FileHandle.open(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory)
+            for inner in try Posix.listDirectory(child) {
+                guard let status = try Posix.status(inner, in: child) else { continue }
+                try removeTree(inner, in: child, kind: status.kind)
+            }
+            try Posix.unlink(name, in: directory, directory: true)
         } else {
-            try Posix.unlink(text, in: directory)
+            try Posix.unlink(name, in: directory)
         }
         statistics.removed += 1
     }
@@ -247,13 +270,10 @@ public final class Restorer {
                     .corrupt,
                     "\(entry.path): the snapshot's chunks hold \(written) bytes, the manifest says \(entry.size)")
             }
-            guard fchmod(handle.fd, mode_t(entry.mode)) == 0 else {
-                throw SnapError(.io, "cannot set the mode of \(entry.path)", cause: Errno(errno))
-            }
-            var times = [timespec](repeating: timespec(nanoseconds: entry.mtime), count: 2)
-            guard futimens(handle.fd, &times) == 0 else {
-                throw SnapError(.io, "cannot set the time of \(entry.path)", cause: Errno(errno))
-            }
+            // Owners are not recorded, so the file belongs to whoever restores it: a setuid or
+            // setgid bit planted by the folder's user would make, restored as root, a root program.
+            try handle.setMode(entry.mode & ~Self.setIDBits)
+            try handle.setModificationTime(nanoseconds: entry.mtime)
             try Posix.rename(temporary, name, in: parent)
         } catch {
             unlinkat(parent.fd, temporary, 0)

@@ -117,7 +117,7 @@ public final class SnapshotBuilder {
 
         var reusedFrom: String?
         var reusedParent: Snapshot?
-        if let dump, !options.forceDump, let (parent, entry) = try unchangedDump(dump.facts) {
+        if let dump, !options.forceDump, let (parent, entry) = try unchangedDump(dump.facts, writer: writer) {
             dump.skip()
             reusedFrom = parent.id
             reusedParent = parent
@@ -191,8 +191,9 @@ public final class SnapshotBuilder {
     /// The newest snapshot of the same database whose dump is provably still exact, and its dump
     /// entry: same cluster (system identifier), database, WAL position, sequence states and
     /// pg_dump version, and no unlogged tables (their changes write no WAL). Anything unknown
-    /// means no.
-    private func unchangedDump(_ facts: DatabaseFacts) throws -> (Snapshot, ManifestEntry)? {
+    /// means no. Every chunk of that dump must also still be in the repository (else dumping
+    /// again stores what is missing).
+    private func unchangedDump(_ facts: DatabaseFacts, writer: SnapshotWriter) throws -> (Snapshot, ManifestEntry)? {
         guard !facts.systemIdentifier.isEmpty, !facts.walPosition.isEmpty, facts.unloggedTables == 0,
             let digest = facts.sequencesDigest
         else { return nil }
@@ -203,7 +204,8 @@ public final class SnapshotBuilder {
                 && old.unloggedTables == 0 && old.pgDumpVersion == facts.pgDumpVersion
         }
         guard let parent,
-            let entry = try ManifestReader(repository: repository).databaseEntry(parent.record.manifest)
+            let entry = try ManifestReader(repository: repository).databaseEntry(parent.record.manifest),
+            entry.chunks.allSatisfy(writer.has)
         else { return nil }
         return (parent, entry)
     }

@@ -376,6 +376,20 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         try cluster.psql("UPDATE billing.invoices SET memo = 'x' WHERE id = 1000", database: source)
         #expect(try take()["database_reused_from"] == nil)
 
+        // A dump with an object gone from the repository is not reused: dumping again stores it.
+        let whole = try take()
+        if expectReuse(of: whole, by: try take()) {
+            let repository = try Repository.open(at: repo)
+            let record = try repository.snapshots().snapshots.first { $0.id == whole["id"] as? String }!.record
+            let chunks = try ManifestReader(repository: repository).databaseEntry(record.manifest)?.chunks ?? []
+            let victim = chunks.last!.hex
+            try FileManager.default.removeItem(atPath: "\(repo)/objects/\(victim.prefix(2))/\(victim)")
+            #expect(try take()["database_reused_from"] == nil)
+            #expect(
+                chunks.count < 2
+                    || FileManager.default.fileExists(atPath: "\(repo)/objects/\(victim.prefix(2))/\(victim)"))
+        }
+
         // With an unlogged table the dump is never reused.
         try cluster.psql("CREATE UNLOGGED TABLE public.scratch (x int)", database: source)
         _ = try take()

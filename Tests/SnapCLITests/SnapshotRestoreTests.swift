@@ -16,7 +16,7 @@ func makeAwkwardTree(at root: String) throws {
     try writeFile(root + "/script.sh", Array("#!/bin/sh\necho hi\n".utf8), mode: 0o755, mtime: base + 1)
     try writeFile(root + "/secret", Array("s3cr3t".utf8), mode: 0o600, mtime: base + 2)
     try writeFile(root + "/read-only", Array("ro".utf8), mode: 0o400, mtime: base + 3)
-    try writeFile(root + "/setgid", Array("sg".utf8), mode: 0o2755, mtime: base + 4)
+    try writeFile(root + "/group-writable", Array("gw".utf8), mode: 0o664, mtime: base + 4)
     try writeFile(root + "/empty-file", [], mtime: base + 5)
     try writeFile(root + "/name with  spaces .txt", Array("spaces".utf8), mtime: base + 6)
     try fm.createDirectory(atPath: root + "/ünïcødé 日本語", withIntermediateDirectories: true)
@@ -26,6 +26,9 @@ func makeAwkwardTree(at root: String) throws {
     try writeFile(root + "/ünïcødé 日本語/e\u{301}.txt", Array("nfd".utf8), mtime: base + 9)
     try fm.createDirectory(atPath: root + "/empty-folder", withIntermediateDirectories: true)
     chmod(root + "/empty-folder", 0o750)
+    // A setgid folder (its files take its group) comes back as it was; setgid files do not (below).
+    try fm.createDirectory(atPath: root + "/shared-group", withIntermediateDirectories: true)
+    chmod(root + "/shared-group", 0o2770)
 
     // Deep and long paths: 30 levels, a 250-byte name, over 3,000 bytes in all (PATH_MAX is 4096).
     var deep = root + "/deep"
@@ -53,6 +56,7 @@ func makeAwkwardTree(at root: String) throws {
     // Folder times last: creating their content changed them.
     try setTime(root + "/empty-folder", base + 14)
     try setTime(root + "/many", base + 15)
+    try setTime(root + "/shared-group", base + 18)
     try setTime(root + "/ünïcødé 日本語", base + 16)
     try setTime(root, base + 17)
 }
@@ -191,6 +195,8 @@ func makeAwkwardTree(at root: String) throws {
             ],
             [root, ManifestEntry(kind: .file, path: "/tmp/pwned", mode: 0o644)],
             [root, ManifestEntry(kind: .file, path: "no-parent/pwned", mode: 0o644)],
+            // symlinkat would stop at the NUL and make a link to "..".
+            [root, ManifestEntry(kind: .symlink, path: "up", target: "..\u{0}/x")],
         ]
         for entries in cases {
             let hostile = try commitHostile(entries)
@@ -203,5 +209,75 @@ func makeAwkwardTree(at root: String) throws {
             let written = (try? FileManager.default.contentsOfDirectory(atPath: target)) ?? []
             #expect(written.isEmpty, "restore wrote \(written) before refusing")
         }
+    }
+
+    /// Owners are not recorded, so restored files belong to whoever restores; a setuid or setgid
+    /// bit would turn, restored by root, a file the folder's user planted into a root program.
+    @Test func setIDBitsOfFilesAreNotRestored() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
+        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
+        try writeFile(storage + "/setuid", Array("#!/bin/sh\n".utf8), mode: 0o4755)
+        try writeFile(storage + "/setgid", Array("#!/bin/sh\n".utf8), mode: 0o2711)
+        try snap("--repo", repo, "init")
+        #expect(try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage).status == 0)
+        let restored = folder.file("restored")
+        #expect(try snap("--repo", repo, "restore", "latest", "--no-db", "--storage-to", restored).status == 0)
+        let mode = { (name: String) in
+            try FileManager.default.attributesOfItem(atPath: restored + "/" + name)[.posixPermissions] as? Int
+        }
+        #expect(try mode("setuid") == 0o755)
+        #expect(try mode("setgid") == 0o711)
+    }
+
+    /// --clean leaves nothing the snapshot lacks, names that are not UTF-8 included, and refuses,
+    /// changing nothing, a target that holds the repository or an object that is missing.
+    @Test func cleanRestoreRemovesForeignNamesAndRefusesWhatWouldLoseData() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("app/repo")
+        let storage = folder.file("storage")
+        let target = folder.file("target")
+        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
+        try writeFile(storage + "/kept.bin", pseudoRandomBytes(300_000, seed: 9))
+        try snap("--repo", repo, "init")
+        #expect(try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage).status == 0)
+
+        // Latin-1 names, a file and a folder holding one, which no String can hold.
+        try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+        let latin1File = Array(target.utf8) + Array("/caf".utf8) + [0xE9]
+        let latin1Folder = Array(target.utf8) + Array("/d".utf8) + [0xE8]
+        func cPath(_ bytes: [UInt8]) -> [CChar] { (bytes + [0]).map { CChar(bitPattern: $0) } }
+        #expect(open(cPath(latin1File), O_WRONLY | O_CREAT, 0o644) >= 0)
+        #expect(mkdir(cPath(latin1Folder), 0o755) == 0)
+        #expect(open(cPath(latin1Folder + Array("/x".utf8)), O_WRONLY | O_CREAT, 0o644) >= 0)
+        let clean = try snap("--repo", repo, "restore", "latest", "--no-db", "--storage-to", target, "--clean")
+        #expect(clean.status == 0, "\(clean.stderr)")
+        #expect(access(cPath(latin1File), F_OK) != 0 && access(cPath(latin1Folder), F_OK) != 0)
+        #expect(differences(try readTree(storage), try readTree(target)).isEmpty)
+
+        // The repository's own folder, or one above it, as the target.
+        for holder in [folder.file("app"), repo] {
+            let refused = try snap("--repo", repo, "restore", "latest", "--no-db", "--storage-to", holder, "--clean")
+            #expect(refused.status == 1)
+            #expect(refused.stderr.contains("holds the repository"), "\(refused.stderr)")
+        }
+        #expect(try snap("--repo", repo, "check", "--read-data").status == 0)
+
+        // An object gone: refused before the drifted target loses anything.
+        try writeFile(target + "/drifted.txt", Array("newer".utf8))
+        let before = try readTree(target)
+        let repository = try Repository.open(at: repo)
+        let record = try repository.snapshots().snapshots.last!.record
+        var chunks: [ObjectID] = []
+        try ManifestReader(repository: repository).forEachEntry(record.manifest) {
+            if $0.path == "kept.bin" { chunks = $0.chunks }
+        }
+        let victim = chunks.last!.hex
+        try FileManager.default.removeItem(atPath: "\(repo)/objects/\(victim.prefix(2))/\(victim)")
+        let missing = try snap("--repo", repo, "restore", "latest", "--no-db", "--storage-to", target, "--clean")
+        #expect(missing.stderr.contains("missing"), "\(missing.stderr)")
+        #expect(missing.status != 0)
+        #expect(differences(before, try readTree(target)).isEmpty, "a refused restore changed the target")
     }
 }
