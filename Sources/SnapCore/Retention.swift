@@ -19,10 +19,16 @@
 /// and when `forget` runs. UTC buckets are the same everywhere. Weeks are ISO 8601 weeks (Monday to
 /// Sunday, week 1 is the week with the year's first Thursday, labelled with its ISO year).
 ///
+/// Groups, as restic's default `--group-by host,paths`: the rules apply to each group of snapshots
+/// of the same thing on their own, a group being the host, the database (by name) and the storage
+/// folder a snapshot was taken of (``group(of:)``). So files-only snapshots taken between nightly
+/// database snapshots, or a second app sharing the repository, never use up a day's or an hour's
+/// count that a database snapshot needed.
+///
 /// Safety rules, stricter than restic:
 /// - An empty policy (no count other than `nil` or 0) removes nothing; the caller should refuse
 ///   to run `forget` without a `--keep-*` flag.
-/// - The newest considered snapshot is never removed, whatever the counts say.
+/// - The newest considered snapshot of each group is never removed, whatever the counts say.
 /// - With ``tag``, only snapshots carrying that tag are considered: the counts are spent on them
 ///   alone, and every other snapshot is kept, untouched, with the reason "not tagged T".
 public struct RetentionPolicy: Sendable, Equatable, CustomStringConvertible {
@@ -92,6 +98,23 @@ public struct RetentionPolicy: Sendable, Equatable, CustomStringConvertible {
     /// The input order does not matter. Snapshots with the same time are ordered by id (the greater id
     /// counts as the newer one) so the decision is deterministic.
     public func apply(to snapshots: [Snapshot]) -> RetentionDecision {
+        let items = Dictionary(grouping: snapshots, by: Self.group(of:)).flatMap { group, members in
+            apply(toGroup: members, named: group)
+        }
+        return RetentionDecision(
+            items: items.sorted { a, b in a.time != b.time ? a.time < b.time : a.id < b.id })
+    }
+
+    /// What a snapshot was taken of, as its retention group: `host H, database D, storage S`
+    /// (`no database`, `no storage` where it had none).
+    public static func group(of snapshot: Snapshot) -> String {
+        let record = snapshot.record
+        let database = record.sources.database.map { "database \($0.name)" } ?? "no database"
+        let storage = record.sources.storage.map { "storage \($0)" } ?? "no storage"
+        return "host \(record.host), \(database), \(storage)"
+    }
+
+    private func apply(toGroup snapshots: [Snapshot], named group: String) -> [RetentionDecision.Item] {
         // Newest first; the decision lists the exact reverse (oldest first).
         let ordered = snapshots.sorted { a, b in
             a.record.time != b.record.time ? a.record.time > b.record.time : a.id > b.id
@@ -132,18 +155,17 @@ public struct RetentionPolicy: Sendable, Equatable, CustomStringConvertible {
             }
         }
 
-        let items = ordered.indices.reversed().map { index in
+        return ordered.indices.reversed().map { index in
             RetentionDecision.Item(
-                id: ordered[index].id, time: ordered[index].record.time,
+                id: ordered[index].id, time: ordered[index].record.time, group: group,
                 action: reasons[index].isEmpty ? .remove : .keep, reasons: reasons[index])
         }
-        return RetentionDecision(items: items)
     }
 }
 
 /// What a ``RetentionPolicy`` decided: every snapshot, kept or removed, with the reasons to keep it.
 ///
-/// Encodes as `{"kept": [...], "removed": [...]}`, each item `{"id", "time", "reasons", "action"}`
+/// Encodes as `{"kept": [...], "removed": [...]}`, each item `{"id", "time", "group", "reasons", "action"}`
 /// with `time` in whole UTC seconds (`2026-01-11T12:00:00Z`) and `action` `"keep"` or `"remove"`.
 public struct RetentionDecision: Sendable, Equatable, Encodable {
     public enum Action: String, Sendable, Equatable, Encodable {
@@ -154,26 +176,30 @@ public struct RetentionDecision: Sendable, Equatable, Encodable {
     public struct Item: Sendable, Equatable, Encodable {
         public var id: String
         public var time: Timestamp
+        /// The retention group (``RetentionPolicy/group(of:)``) the rules were applied in.
+        public var group: String
         public var action: Action
         /// Why the snapshot is kept, e.g. `last 1`, `daily 2026-01-11`, `weekly 2026-W02`,
         /// `newest snapshot`, `not tagged nightly`; empty for a removed snapshot.
         public var reasons: [String]
 
-        public init(id: String, time: Timestamp, action: Action, reasons: [String]) {
+        public init(id: String, time: Timestamp, group: String, action: Action, reasons: [String]) {
             self.id = id
             self.time = time
+            self.group = group
             self.action = action
             self.reasons = reasons
         }
 
         enum CodingKeys: String, CodingKey {
-            case id, time, reasons, action
+            case id, time, group, reasons, action
         }
 
         public func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
             try container.encode(id, forKey: .id)
             try container.encode(time.iso8601Seconds, forKey: .time)
+            try container.encode(group, forKey: .group)
             try container.encode(reasons, forKey: .reasons)
             try container.encode(action, forKey: .action)
         }

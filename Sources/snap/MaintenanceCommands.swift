@@ -51,9 +51,12 @@ struct ForgetCommand: ParsableCommand {
         discussion: """
             Each --keep-* option keeps the newest snapshot of each of the N newest hours, days, ISO
             weeks, months or years that have snapshots (-1: all of them); --keep-last keeps the N
-            newest. A snapshot any rule keeps stays. The newest snapshot is never removed, and without
-            a --keep-* option nothing is. With --tag only snapshots carrying that tag are considered.
-            Forget deletes records only; --prune (or a later `snap prune`) frees their objects.
+            newest. A snapshot any rule keeps stays. The rules apply to each group of snapshots of the
+            same thing on its own (same host, database and storage folder, as restic groups by host
+            and paths), so files-only snapshots never use up a day a database snapshot needed. The
+            newest snapshot of a group is never removed, and without a --keep-* option nothing is.
+            With --tag only snapshots carrying that tag are considered. Forget deletes records only;
+            --prune (or a later `snap prune`) frees their objects.
 
             Example: with a snapshot every 15 minutes,
               snap forget --keep-last 8 --keep-hourly 48 --keep-daily 14 --keep-weekly 8 --keep-monthly 12 --prune
@@ -136,10 +139,17 @@ struct ForgetCommand: ParsableCommand {
             try printJSON(Output(decision: decision, dryRun: dryRun, prune: report))
             return
         }
-        for item in decision.items {
-            let action = item.action == .keep ? "keep  " : (dryRun ? "would remove" : "remove")
-            let reasons = item.reasons.isEmpty ? "" : "  (\(item.reasons.joined(separator: ", ")))"
-            print("\(action)  \(item.id.prefix(8))  \(item.time.iso8601Seconds)\(reasons)")
+        // One block per group (host, database, storage folder) when there are several.
+        let groups = Dictionary(grouping: decision.items, by: \.group).sorted { $0.key < $1.key }
+        for (group, items) in groups {
+            if groups.count > 1 { print("\(group):") }
+            for item in items {
+                let action = item.action == .keep ? "keep  " : (dryRun ? "would remove" : "remove")
+                let reasons = item.reasons.isEmpty ? "" : "  (\(item.reasons.joined(separator: ", ")))"
+                print(
+                    "\(groups.count > 1 ? "  " : "")\(action)  \(item.id.prefix(8))  \(item.time.iso8601Seconds)\(reasons)"
+                )
+            }
         }
         print("\(policy): \(decision.kept.count) kept, \(decision.removed.count) \(dryRun ? "would be " : "")removed")
         if let report {

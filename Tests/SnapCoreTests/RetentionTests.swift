@@ -382,8 +382,44 @@ private let retentionCases: [RetentionCase] = [
         let json = String(decoding: try encoder.encode(decision), as: UTF8.self)
         #expect(
             json
-                == #"{"kept":[{"action":"keep","id":"\#(fakeID(1))","reasons":["last 1","newest snapshot"],"#
-                + #""time":"2026-01-11T12:00:00Z"}],"removed":[{"action":"remove","id":"\#(fakeID(0))","reasons":[],"#
-                + #""time":"2026-01-10T12:00:00Z"}]}"#)
+                == #"{"kept":[{"action":"keep","group":"host test, no database, no storage","id":"\#(fakeID(1))","#
+                + #""reasons":["last 1","newest snapshot"],"time":"2026-01-11T12:00:00Z"}],"#
+                + #""removed":[{"action":"remove","group":"host test, no database, no storage","id":"\#(fakeID(0))","#
+                + #""reasons":[],"time":"2026-01-10T12:00:00Z"}]}"#)
     }
+
+    /// Files-only snapshots every hour and a storage snapshot each night, in one repository: each
+    /// group keeps its own days, so the nightly ones survive --keep-daily (pooled, the hourly
+    /// files-only snapshots would take every day's count).
+    @Test func groupsKeepTheirOwnBuckets() {
+        var snapshots: [Snapshot] = []
+        for day in 10...13 {
+            let nightly = makeSnapshot(snapshots.count, utc("2026-01-\(day) 02:00"))
+            snapshots.append(Snapshot(id: nightly.id, record: withStorage(nightly.record, "/srv/app/storage")))
+            for hour in ["08", "14", "20"] {
+                snapshots.append(makeSnapshot(snapshots.count, utc("2026-01-\(day) \(hour):00")))
+            }
+        }
+        let decision = decide(RetentionPolicy(daily: 3), snapshots)
+        let keptNightly = decision.kept.filter { $0.group.hasSuffix("storage /srv/app/storage") }
+        #expect(keptNightly.map(\.time) == ["2026-01-11 02:00", "2026-01-12 02:00", "2026-01-13 02:00"].map(utc))
+        let keptOthers = decision.kept.filter { $0.group == "host test, no database, no storage" }
+        #expect(keptOthers.map(\.time) == ["2026-01-11 20:00", "2026-01-12 20:00", "2026-01-13 20:00"].map(utc))
+        #expect(decision.removed.count == snapshots.count - 6)
+        // Another host's snapshots are a group of their own too.
+        #expect(
+            RetentionPolicy.group(of: makeSnapshot(0, utc("2026-01-10 00:00")))
+                != RetentionPolicy.group(
+                    of: {
+                        var other = makeSnapshot(0, utc("2026-01-10 00:00"))
+                        other.record.host = "other"
+                        return other
+                    }()))
+    }
+}
+
+private func withStorage(_ record: SnapshotRecord, _ storage: String) -> SnapshotRecord {
+    var record = record
+    record.sources.storage = storage
+    return record
 }
