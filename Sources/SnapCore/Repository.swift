@@ -203,8 +203,11 @@ public final class Repository: Sendable {
         var removed = 0
         var folders = [path, snapshotsPath]
         let objects = try FileHandle.open(objectsPath, O_RDONLY | O_DIRECTORY)
+        // Object folders only: a stray two-letter file there is reported by `check`, not an error here.
         for name in try Posix.listDirectory(objects) where name.count == 2 {
-            folders.append(join(objectsPath, String(decoding: name, as: UTF8.self)))
+            if try Posix.status(name, in: objects)?.kind == .directory {
+                folders.append(join(objectsPath, String(decoding: name, as: UTF8.self)))
+            }
         }
         for folder in folders {
             let handle = try FileHandle.open(folder, O_RDONLY | O_DIRECTORY)

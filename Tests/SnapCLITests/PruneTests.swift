@@ -63,6 +63,19 @@ import Testing
         #expect(differences(try readTree(storage), try readTree(restored)).isEmpty)
     }
 
+    /// A stray file with a two-letter name in objects/ is not a folder of objects: prune leaves it
+    /// alone instead of failing on it every run.
+    @Test func pruneSkipsAStrayFileAmongTheObjectFolders() throws {
+        let folder = try TemporaryDirectory()
+        let (repo, _) = try makeRepository(folder)
+        let garbage = try addGarbage(repo)
+        try writeFile(repo + "/objects/zz", [1])
+        let prune = try snap("--repo", repo, "prune")
+        #expect(prune.status == 0, "\(prune.stderr)")
+        #expect(FileManager.default.fileExists(atPath: repo + "/objects/zz"))
+        for path in garbage.objects + garbage.leftovers { #expect(!FileManager.default.fileExists(atPath: path)) }
+    }
+
     @Test func pruneRefusesWhileARecordIsDamaged() throws {
         let folder = try TemporaryDirectory()
         let (repo, _) = try makeRepository(folder)
