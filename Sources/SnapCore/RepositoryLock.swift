@@ -32,7 +32,17 @@ public final class RepositoryLock {
         _ kind: Kind, repository: Repository, timeout: Double?, onWait: (String) -> Void = { _ in }
     ) throws -> RepositoryLock {
         let path = join(repository.path, "lock")
-        let handle = try FileHandle.open(path, O_RDWR | O_CREAT, mode: 0o600)
+        let handle: FileHandle
+        do {
+            handle = try FileHandle.open(path, O_RDWR | O_CREAT, mode: 0o600)
+        } catch let error as SnapError {
+            // A repository on a read-only mount (an offsite disk) can still be read from: a shared
+            // flock needs no write access, and nothing can delete on such a mount anyway.
+            guard kind == .shared, let cause = error.cause as? Errno,
+                cause.rawValue == EROFS || cause.rawValue == EACCES
+            else { throw error }
+            handle = try FileHandle.open(path, O_RDONLY)
+        }
         let operation = kind == .shared ? LOCK_SH : LOCK_EX
         let started = Timestamp.now()
         var told = false

@@ -655,6 +655,50 @@ private final class DatabaseFixture: Sendable {
     }
 }
 
+// MARK: - Read-only repository
+
+@Suite struct ReadOnlyRepositoryTests {
+    /// An offsite disk mounted read-only: list, check, restore and export work; a snapshot fails
+    /// with one line and changes nothing.
+    @Test(
+        .enabled(
+            if: geteuid() == 0 || TestCluster.isCI,
+            "a read-only bind mount needs root; run the tests as root to cover it (under CI=true this runs and fails)"
+        ))
+    func aRepositoryOnAReadOnlyMountCanBeReadAndRestoredFrom() throws {
+        let scratch = try CrashScratch("read-only")
+        let repo = scratch.file("repo")
+        let source = scratch.file("storage")
+        try makeCrashTree(at: source, seed: 91, smallFiles: 20, largeFiles: [100_000])
+        expectExit(try crashSnap(["--repo", repo, "init"]), 0, "init")
+        expectExit(try crashSnap(["--repo", repo, "snapshot", "--no-db", "--storage", source]), 0, "snapshot")
+        let mountPoint = scratch.file("offsite")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let bind = try runProcess("mount", ["--bind", repo, mountPoint])
+        try #require(bind.succeeded, "cannot bind-mount \(repo): \(bind.stderr)")
+        defer {
+            if (try? runProcess("umount", [mountPoint]))?.succeeded != true {
+                _ = try? runProcess("umount", ["-l", mountPoint])
+            }
+            withExtendedLifetime(scratch) {}
+        }
+        let readOnly = try runProcess("mount", ["-o", "remount,ro,bind", mountPoint])
+        try #require(readOnly.succeeded, "cannot make \(mountPoint) read-only: \(readOnly.stderr)")
+
+        expectExit(try crashSnap(["--repo", mountPoint, "list"]), 0, "list")
+        expectExit(try crashSnap(["--repo", mountPoint, "check", "--read-data"]), 0, "check")
+        let restored = scratch.file("restored")
+        expectExit(
+            try crashSnap(["--repo", mountPoint, "restore", "latest", "--no-db", "--storage-to", restored]), 0,
+            "restore")
+        #expect(differences(try readTree(source), try readTree(restored)).isEmpty)
+        let refused = try crashSnap(["--repo", mountPoint, "snapshot", "--no-db", "--storage", source])
+        #expect(refused.status != 0)
+        #expect(stderrLines(refused).count == 1, "expected one line on stderr, got: \(refused.stderr)")
+        #expect(crashRecordIDs(repo).count == 1)
+    }
+}
+
 // MARK: - Full disk
 
 @Suite struct CrashSafetyFullDiskTests {
