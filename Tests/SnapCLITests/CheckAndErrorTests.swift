@@ -37,6 +37,16 @@ import Testing
         let missing = try snap("--repo", repo, "check")
         #expect(missing.status == 1)
         #expect(missing.stdout.contains("\(name) is missing") && missing.stdout.contains(String(id.prefix(8))))
+
+        // The way back (OPERATIONS.md): with the damaged object gone, the next snapshot reads the
+        // unchanged file again instead of trusting the files cache, stores the object, and the old
+        // snapshot is whole again.
+        #expect(try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage).status == 0)
+        #expect(try snap("--repo", repo, "check", "--read-data").status == 0)
+        let restored = folder.file("restored")
+        #expect(try snap("--repo", repo, "restore", id, "--no-db", "--storage-to", restored).status == 0)
+        #expect(
+            FileManager.default.contents(atPath: restored + "/data.bin") == Data(pseudoRandomBytes(100_000, seed: 8)))
     }
 
     @Test func readDataSubsetReadsSome() throws {
