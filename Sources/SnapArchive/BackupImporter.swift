@@ -10,7 +10,8 @@ import SnapCore
 /// The archive streams through once: file contents and the dump are chunked and stored as they
 /// arrive (so they deduplicate against everything stored before), while the entries' metadata is
 /// kept until the end, sorted into manifest order and checked. A hostile entry (an absolute path,
-/// `..`, a link leading out, an entry below a symlink, a device or FIFO) stops the import with one
+/// `..`, a link leading out, an entry below a symlink, a device or FIFO, a name or link target
+/// that is not UTF-8), a damaged archive or a damaged pg_dump header stops the import with one
 /// line naming it, before any record is written; chunks it already stored are reclaimed by prune.
 public final class BackupImporter {
     let repository: Repository
@@ -89,14 +90,44 @@ public final class BackupImporter {
         var layout = Layout()
         var database: ManifestEntry?
         var dumpHeader: DumpHeader?
-        var storage: [String: ManifestEntry] = [:]
+        // Keyed by the path's bytes: Swift compares strings by Unicode canonical equivalence, so
+        // "é" and "e\u{301}", two files on disk, would be one key and the later would replace
+        // the earlier.
+        var storage: [[UInt8]: ManifestEntry] = [:]
         var newest: Int64 = 0
 
         func refuse(_ entryPath: String, _ why: String) -> SnapError {
-            SnapError(.unsafePath, "refusing to import \(path): entry '\(entryPath)' \(why); nothing was recorded")
+            refusal(Tar.shown(Array(entryPath.utf8)), why, .unsafePath)
+        }
+        func refusal(_ shownPath: String, _ why: String, _ code: SnapError.Code) -> SnapError {
+            SnapError(code, "refusing to import \(path): entry '\(shownPath)' \(why); nothing was recorded")
+        }
+        /// A damaged or crafted archive: the reader's message, naming the archive.
+        func reading<Value>(_ body: () throws -> Value) throws -> Value {
+            do {
+                return try body()
+            } catch let error as SnapError where error.code == .corrupt {
+                throw SnapError(
+                    .corrupt, "cannot import \(path): \(error.message); nothing was recorded", cause: error.cause)
+            }
         }
 
-        while let entry = try tar.next() {
+        while let entry = try reading({ try tar.next() }) {
+            // A snapshot holds UTF-8 names only (docs/FORMAT.md, 7.3); decoding other bytes would
+            // alter the name, and two such names could become one. The importer records no
+            // per-entry errors, so the archive is refused rather than imported without the entry.
+            guard String(validating: entry.rawPath, as: UTF8.self) != nil else {
+                throw refusal(
+                    Tar.shown(entry.rawPath),
+                    "has a name that is not valid UTF-8, which a snapshot cannot hold; rename it to UTF-8 (convmv -f latin1 -t utf8, say) in an unpacked copy and pack the archive again",
+                    .invalidInput)
+            }
+            if let raw = entry.rawLinkTarget, String(validating: raw, as: UTF8.self) == nil {
+                throw refusal(
+                    Tar.shown(entry.rawPath),
+                    "is a link to '\(Tar.shown(raw))', which is not valid UTF-8 and a snapshot cannot hold; point it at a UTF-8 name in an unpacked copy and pack the archive again",
+                    .invalidInput)
+            }
             newest = max(newest, entry.mtime)
             guard let place = try layout.place(entry.path, isDirectory: entry.kind == .directory, refuse: refuse) else {
                 continue  // the top folder itself
@@ -106,11 +137,18 @@ public final class BackupImporter {
                 guard entry.kind == .file else { throw refuse(entry.path, "is not a regular file") }
                 var header = DumpHeaderReader()
                 let stream = try writer.storeStream(.database) { buffer in
-                    let count = try tar.readContent(into: buffer)
+                    let count = try reading { try tar.readContent(into: buffer) }
                     header.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
                     return count
                 }
-                dumpHeader = header.result
+                do {
+                    dumpHeader = try header.result()
+                } catch let damage as DumpHeader.Damage {
+                    throw refusal(
+                        Tar.shown(entry.rawPath),
+                        "starts as a pg_dump custom-format archive, but \(damage.why), so pg_restore could not restore it; take the dump again with pg_dump -Fc, or pack the archive without it",
+                        .corrupt)
+                }
                 database = ManifestEntry(
                     kind: .database, path: "database.dump", mode: entry.mode, mtime: entry.mtime, size: stream.size,
                     chunks: stream.chunks)
@@ -127,14 +165,18 @@ public final class BackupImporter {
                     guard relative != "." else {
                         throw refuse(entry.path, "is a file where the storage folder belongs")
                     }
-                    let stream = try writer.storeStream(.files) { try tar.readContent(into: $0) }
+                    let stream = try writer.storeStream(.files) { buffer in
+                        try reading { try tar.readContent(into: buffer) }
+                    }
                     manifestEntry = ManifestEntry(
                         kind: .file, path: relative, mode: entry.mode, mtime: entry.mtime, size: stream.size,
                         chunks: stream.chunks)
                 case .symlink:
                     let target = entry.linkTarget ?? ""
                     guard Self.staysInside(link: relative, target: target) else {
-                        throw refuse(entry.path, "is a symlink to '\(target)', which leads out of storage/")
+                        throw refuse(
+                            entry.path,
+                            "is a symlink to '\(Tar.shown(Array(target.utf8)))', which leads out of storage/")
                     }
                     manifestEntry = ManifestEntry(
                         kind: .symlink, path: relative, mode: entry.mode, mtime: entry.mtime, target: target)
@@ -143,10 +185,12 @@ public final class BackupImporter {
                     let target = entry.linkTarget ?? ""
                     guard
                         case .storage(let targetPath)? = try? layout.place(target, isDirectory: false, refuse: refuse),
-                        let original = storage[targetPath], original.kind == .file
+                        let original = storage[Array(targetPath.utf8)], original.kind == .file
                     else {
                         throw refuse(
-                            entry.path, "is a hard link to '\(target)', which is not a file earlier in storage/")
+                            entry.path,
+                            "is a hard link to '\(Tar.shown(Array(target.utf8)))', which is not a file earlier in storage/"
+                        )
                     }
                     manifestEntry = ManifestEntry(
                         kind: .file, path: relative, mode: original.mode, mtime: original.mtime, size: original.size,
@@ -154,12 +198,7 @@ public final class BackupImporter {
                 case .other(let type):
                     throw refuse(entry.path, "is a device node, FIFO or other special file (tar type '\(type)')")
                 }
-                guard relative == "." || manifestEntry.kind != .directory || storage[relative]?.kind != .directory
-                else {
-                    storage[relative] = manifestEntry  // a folder listed twice: the later one wins, as with tar
-                    continue
-                }
-                storage[relative] = manifestEntry
+                storage[Array(relative.utf8)] = manifestEntry  // listed twice: the later one wins, as with tar
             }
         }
 
@@ -186,64 +225,87 @@ public final class BackupImporter {
     /// Sorts the storage entries into manifest order, adds the folders the archive left implicit,
     /// and refuses an entry whose parent is not a folder (a file placed below a symlink, say).
     private func appendTree(
-        _ storage: [String: ManifestEntry], newest: Int64, to writer: SnapshotWriter,
+        _ storage: [[UInt8]: ManifestEntry], newest: Int64, to writer: SnapshotWriter,
         refuse: (String, String) -> SnapError
     ) throws {
         var entries = storage
-        if entries["."] == nil {
-            entries["."] = ManifestEntry(kind: .directory, path: ".", mode: 0o755, mtime: newest)
+        if entries[PathBytes.dot] == nil {
+            entries[PathBytes.dot] = ManifestEntry(kind: .directory, path: ".", mode: 0o755, mtime: newest)
         }
         // A link whose target passes through another link could reach anywhere that one does:
         // refuse those, so that every link, followed step by step, stays inside.
         for entry in storage.values where entry.kind == .symlink {
-            var resolved = entry.path.split(separator: "/").dropLast().map(String.init)
-            let steps = (entry.target ?? "").split(separator: "/").map(String.init).filter { $0 != "." }
+            var resolved = PathBytes.components(entry.path).dropLast()
+            let steps = PathBytes.components(entry.target ?? "").filter { $0 != PathBytes.dot }
             for (index, step) in steps.enumerated() {
-                if step == ".." { resolved.removeLast() } else { resolved.append(step) }
-                let through = resolved.joined(separator: "/")
+                if step == PathBytes.dotdot { resolved.removeLast() } else { resolved.append(step) }
+                let through = PathBytes.joined(resolved)
                 if index < steps.count - 1, entries[through]?.kind == .symlink {
                     throw refuse(
-                        "storage/" + entry.path, "is a symlink whose target passes through the symlink '\(through)'")
+                        "storage/" + entry.path,
+                        "is a symlink whose target passes through the symlink '\(String(decoding: through, as: UTF8.self))'"
+                    )
                 }
             }
         }
-        for path in storage.keys where path != "." {
+        for (path, entry) in storage where path != PathBytes.dot {
             var parent = path
-            while let slash = parent.lastIndex(of: "/") {
-                parent = String(parent[..<slash])
+            while let slash = parent.lastIndex(of: PathBytes.slash) {
+                parent.removeSubrange(slash...)
+                let parentPath = String(decoding: parent, as: UTF8.self)
                 if let existing = entries[parent] {
                     guard existing.kind == .directory else {
                         throw refuse(
-                            "storage/" + path,
-                            "lies below '\(parent)', which is a \(existing.kind.rawValue), not a folder")
+                            "storage/" + entry.path,
+                            "lies below '\(parentPath)', which is a \(existing.kind.rawValue), not a folder")
                     }
                 } else {
-                    entries[parent] = ManifestEntry(kind: .directory, path: parent, mode: 0o755, mtime: newest)
+                    entries[parent] = ManifestEntry(kind: .directory, path: parentPath, mode: 0o755, mtime: newest)
                 }
             }
         }
         let ordered = entries.values.sorted { a, b in
             if a.path == "." || b.path == "." { return a.path == "." && b.path != "." }
-            let left = a.path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
-            let right = b.path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            let left = a.path.utf8.split(separator: PathBytes.slash, omittingEmptySubsequences: false)
+            let right = b.path.utf8.split(separator: PathBytes.slash, omittingEmptySubsequences: false)
             return left.lexicographicallyPrecedes(right) { $0.lexicographicallyPrecedes($1) }
         }
         for entry in ordered { try writer.append(entry) }
     }
 
     /// Whether a symlink at `link` (relative to storage/) pointing at `target` stays inside.
+    /// Works on bytes, as the kernel does: a NUL would cut the target short when the link is made.
     static func staysInside(link: String, target: String) -> Bool {
-        guard !target.hasPrefix("/"), !target.isEmpty else { return false }
-        var depth = link.split(separator: "/").count - 1  // the link's folder
-        for component in target.split(separator: "/", omittingEmptySubsequences: true) {
+        let bytes = Array(target.utf8)
+        guard bytes.first != PathBytes.slash, !bytes.isEmpty, !bytes.contains(0) else { return false }
+        var depth = PathBytes.components(link).count - 1  // the link's folder
+        for component in PathBytes.components(target) {
             switch component {
-            case ".": continue
-            case "..": depth -= 1
+            case PathBytes.dot: continue
+            case PathBytes.dotdot: depth -= 1
             default: depth += 1
             }
             if depth < 0 { return false }
         }
         return true
+    }
+}
+
+/// Paths taken apart at their `/` bytes, as the kernel does. Swift's `String` works in Characters
+/// and compares by canonical equivalence: a `/` followed by a combining mark is one Character, so
+/// `"../\u{301}x".split(separator: "/")` is one component, not `..` and `\u{301}x`.
+enum PathBytes {
+    static let slash = UInt8(ascii: "/")
+    static let dot: [UInt8] = [UInt8(ascii: ".")]
+    static let dotdot: [UInt8] = [UInt8(ascii: "."), UInt8(ascii: ".")]
+
+    /// The non-empty components of `path`.
+    static func components(_ path: String) -> [[UInt8]] {
+        path.utf8.split(separator: slash).map(Array.init)
+    }
+
+    static func joined(_ components: some Sequence<[UInt8]>) -> [UInt8] {
+        Array(components.joined(separator: [slash]))
     }
 }
 
@@ -255,40 +317,44 @@ enum Place: Equatable {
 
 /// Works out the archive's layout (at the top, or under one top folder) from its entries.
 struct Layout {
-    private var prefix: String?
+    private var prefix: [UInt8]?
 
     /// The place of an entry, nil for the top folder itself; throws for paths that could escape
     /// and for entries outside `database.dump` and `storage/`.
     mutating func place(_ rawPath: String, isDirectory: Bool, refuse: (String, String) -> SnapError) throws -> Place? {
-        if rawPath.hasPrefix("/") { throw refuse(rawPath, "has an absolute path") }
-        var components = rawPath.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
-        while components.first == "." { components.removeFirst() }
-        if components.contains("..") { throw refuse(rawPath, "has '..' in its path") }
-        if components.contains(".") || components.contains(where: { $0.utf8.contains(0) }) {
+        if rawPath.utf8.first == PathBytes.slash { throw refuse(rawPath, "has an absolute path") }
+        var components = PathBytes.components(rawPath)[...]
+        while components.first == PathBytes.dot { components.removeFirst() }
+        if components.contains(PathBytes.dotdot) { throw refuse(rawPath, "has '..' in its path") }
+        if components.contains(PathBytes.dot) || components.contains(where: { $0.contains(0) }) {
             throw refuse(rawPath, "has an unusual path")
         }
-        guard !components.isEmpty else { return nil }  // "./" itself
+        guard let first = components.first else { return nil }  // "./" itself
+        let database = Array("database.dump".utf8)
+        let storage = Array("storage".utf8)
         if prefix == nil {
-            if components[0] == "database.dump" || components[0] == "storage" {
-                prefix = ""
+            if first == database || first == storage {
+                prefix = []
             } else if components.count == 1 && isDirectory {
                 return nil  // perhaps the top folder; decided by the entries below it
             } else {
-                prefix = components[0]
+                prefix = first
             }
         }
         if let prefix, !prefix.isEmpty {
-            guard components.first == prefix else {
-                throw refuse(rawPath, "is outside the archive's top folder '\(prefix)'")
+            guard first == prefix else {
+                throw refuse(
+                    rawPath, "is outside the archive's top folder '\(String(decoding: prefix, as: UTF8.self))'")
             }
             components.removeFirst()
             if components.isEmpty { return nil }
         }
-        if components == ["database.dump"] { return .database }
-        guard components.first == "storage" else {
+        if Array(components) == [database] { return .database }
+        guard components.first == storage else {
             throw refuse(rawPath, "is neither database.dump nor under storage/ (not a plain-approach backup)")
         }
-        return .storage(components.count == 1 ? "." : components.dropFirst().joined(separator: "/"))
+        let relative = PathBytes.joined(components.dropFirst())
+        return .storage(relative.isEmpty ? "." : String(decoding: relative, as: UTF8.self))
     }
 }
 

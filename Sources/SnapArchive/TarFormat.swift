@@ -24,14 +24,17 @@ public struct TarHeaderEntry: Hashable, Sendable {
     public var mtime: Int64
     /// The number of content bytes that follow: 0 for directories, links and devices.
     public var size: UInt64
-    /// The target of a symlink or hard link, nil for other kinds.
+    /// The target of a symlink or hard link, nil for other kinds. Bytes that are not valid UTF-8
+    /// are replaced by U+FFFD; `rawLinkTarget` keeps them.
     public var linkTarget: String?
     /// The name exactly as stored (before UTF-8 decoding, without the directory `/`).
     public var rawPath: [UInt8]
+    /// The link target exactly as stored, nil for entries that are not links.
+    public var rawLinkTarget: [UInt8]?
 
     public init(
         path: String, kind: TarEntryKind, mode: UInt32, mtime: Int64, size: UInt64 = 0, linkTarget: String? = nil,
-        rawPath: [UInt8]? = nil
+        rawPath: [UInt8]? = nil, rawLinkTarget: [UInt8]? = nil
     ) {
         self.path = path
         self.kind = kind
@@ -40,6 +43,7 @@ public struct TarHeaderEntry: Hashable, Sendable {
         self.size = size
         self.linkTarget = linkTarget
         self.rawPath = rawPath ?? Array(path.utf8)
+        self.rawLinkTarget = rawLinkTarget ?? linkTarget.map { Array($0.utf8) }
     }
 }
 
@@ -81,6 +85,36 @@ enum Tar {
             signed += Int64(Int8(bitPattern: byte))
         }
         return (unsigned, signed)
+    }
+
+    /// A name for a message on one line: valid UTF-8 as it is; control characters and bytes that
+    /// are not UTF-8 as `\xNN`.
+    static func shown(_ bytes: [UInt8]) -> String {
+        var text = ""
+        var parser = Unicode.UTF8.ForwardParser()
+        var iterator = bytes.makeIterator()
+        var index = 0
+        func escape(_ byte: UInt8) {
+            let hex = String(byte, radix: 16, uppercase: true)
+            text += "\\x" + (hex.count < 2 ? "0" : "") + hex
+        }
+        while true {
+            switch parser.parseScalar(from: &iterator) {
+            case .valid(let encoded):
+                let scalar = Unicode.UTF8.decode(encoded)
+                if scalar.value < 0x20 || scalar.value == 0x7F {
+                    escape(UInt8(scalar.value))
+                } else {
+                    text.unicodeScalars.append(scalar)
+                }
+                index += encoded.count
+            case .error(let length):
+                for byte in bytes[index..<(index + length)] { escape(byte) }
+                index += length
+            case .emptyInput:
+                return text
+            }
+        }
     }
 
     /// Floor division of a time in nanoseconds into whole seconds and a non-negative remainder.

@@ -3,16 +3,21 @@ import SnapCore
 /// Reads a tar stream through a closure, one entry at a time, with bounded memory.
 ///
 /// Understands ustar (`ustar\0` `00`, with the prefix field), GNU (`ustar  \0`, with `L`/`K`
-/// long names), pax (`x` records for path, linkpath, size and mtime; `g` global headers are
-/// skipped) and old v7 headers. Checksums are verified (signed and unsigned sums both count).
-/// The archive ends at two zero blocks, or at the end of the input after one; the rest of the
-/// input is then read and discarded, so a gzip layer underneath gets to check its trailer.
-/// Malformed input throws `SnapError` with code `.corrupt`, naming the problem.
+/// long names), pax (`x` records for path, linkpath, size and mtime; other records and `g`
+/// global headers are skipped) and old v7 headers. Checksums are verified (signed and unsigned
+/// sums both count); a pax path or linkpath holding a NUL byte is refused. The archive ends at
+/// two zero blocks, or at the end of the input after one; the rest of the input is then read and
+/// discarded, so a gzip layer underneath gets to check its trailer. Malformed input throws
+/// `SnapError` with code `.corrupt`, naming the problem.
 ///
 /// Not thread-safe: call it from one thread.
 public final class TarReader {
     /// Extended headers larger than this are refused, to keep memory bounded.
     public static let maxExtendedHeaderSize = 1 << 20
+
+    /// The pax records the reader uses; the others are dropped as they are parsed, so that any
+    /// number of extended headers before one entry holds at most these four values in memory.
+    static let paxKeys = ["path", "linkpath", "size", "mtime"]
 
     private let source: (UnsafeMutableRawBufferPointer) throws -> Int
     private let buffer: UnsafeMutableRawBufferPointer
@@ -96,9 +101,23 @@ public final class TarReader {
                 if !prefix.isEmpty { name = prefix + [UInt8(ascii: "/")] + name }
             }
             if let longName { name = longName }
-            if let path = pax["path"] { name = path }
+            // A NUL ends a name in every system call: whatever follows it would be cut off when
+            // the entry is written out, after every check has seen the whole name.
+            if let path = pax["path"] {
+                guard !path.contains(0) else {
+                    throw Self.nulError(at: headerOffset, "the pax path \"\(Self.show(path))\"", "file name")
+                }
+                name = path
+            }
             var link = longLink ?? Self.field(header, Tar.linkname)
-            if let path = pax["linkpath"] { link = path }
+            if let path = pax["linkpath"] {
+                guard !path.contains(0) else {
+                    throw Self.nulError(
+                        at: headerOffset,
+                        "the link target of '\(Tar.shown(name))' (pax linkpath \"\(Self.show(path))\")", "link")
+                }
+                link = path
+            }
 
             var entrySize = size
             if let text = pax["size"] {
@@ -150,11 +169,11 @@ public final class TarReader {
             paddingLeft = hasContent ? Self.padding(entrySize) : 0
             let path = String(decoding: name, as: UTF8.self)
             currentName = path
-            let linkTarget: String? =
-                kind == .symlink || kind == .hardlink ? String(decoding: link, as: UTF8.self) : nil
+            let isLink = kind == .symlink || kind == .hardlink
             return TarHeaderEntry(
-                path: path, kind: kind, mode: mode, mtime: mtime, size: contentLeft, linkTarget: linkTarget,
-                rawPath: name)
+                path: path, kind: kind, mode: mode, mtime: mtime, size: contentLeft,
+                linkTarget: isLink ? String(decoding: link, as: UTF8.self) : nil, rawPath: name,
+                rawLinkTarget: isLink ? link : nil)
         }
     }
 
@@ -280,7 +299,8 @@ public final class TarReader {
         Int((UInt64(Tar.blockSize) - size % UInt64(Tar.blockSize)) % UInt64(Tar.blockSize))
     }
 
-    /// Pax records, `"%d %s=%s\n"` each; later records override earlier ones.
+    /// Pax records, `"%d %s=%s\n"` each; later records override earlier ones. Only the records
+    /// named in `paxKeys` are kept.
     static func parsePax(_ body: [UInt8], at headerOffset: UInt64, into records: inout [String: [UInt8]]) throws {
         func malformed(_ why: String) -> SnapError {
             SnapError(.corrupt, "tar header at byte \(headerOffset): malformed pax extended header (\(why))")
@@ -307,10 +327,20 @@ public final class TarReader {
             guard let equals = record.firstIndex(of: UInt8(ascii: "=")), equals > record.startIndex else {
                 throw malformed("a record has no key=value")
             }
-            let key = String(decoding: record[record.startIndex..<equals], as: UTF8.self)
-            records[key] = Array(record[(equals + 1)...])
+            let keyBytes = record[record.startIndex..<equals]
+            if let key = paxKeys.first(where: { keyBytes.elementsEqual($0.utf8) }) {
+                records[key] = Array(record[(equals + 1)...])
+            }
             index = end
         }
+    }
+
+    /// The error for a pax name (`what`) holding a NUL byte, which no `holder` can hold.
+    static func nulError(at headerOffset: UInt64, _ what: String, _ holder: String) -> SnapError {
+        SnapError(
+            .corrupt,
+            "tar header at byte \(headerOffset): \(what) holds a NUL byte, which no \(holder) can hold: the archive is damaged or crafted; make it again from the original files"
+        )
     }
 
     static func decimal(_ text: [UInt8]) -> UInt64? {

@@ -181,6 +181,10 @@ let hostileArchiveScript = #"""
         # storage/ itself as a symlink or a hard link, with an entry below it.
         "storage-symlink": [("storage", "symlink", "sub"), ("storage/x", "file")],
         "storage-hardlink": [("storage", "hardlink", "storage/ok.txt")],
+        # A NUL in a pax linkpath: the kernel would cut "..\x00x" to "..", after the checks.
+        "symlink-nul": [("storage/link", "symlink", "..\x00x")],
+        # A Latin-1 name, not UTF-8 (written in a pax record, hdrcharset=BINARY).
+        "latin1-name": [("storage/caf\udce9", "file")],
         # Harmless: a hard link to an earlier file, links that stay inside.
         "benign": [("storage/sub", "dir"), ("storage/copy", "hardlink", "storage/ok.txt"),
                    ("storage/sub/up", "symlink", "../ok.txt"), ("storage/here", "symlink", ".")],
@@ -188,6 +192,8 @@ let hostileArchiveScript = #"""
 
     def add(archive, name, kind, link="", major=0, minor=0):
         info = tarfile.TarInfo(name)
+        if "\x00" in link:
+            info.pax_headers = {"linkpath": link}
         info.type = KINDS[kind]
         info.mode = 0o755 if kind == "dir" else 0o644
         info.mtime = 1767225600

@@ -334,6 +334,8 @@ extension ArchiveTests {
             ("char-device", "storage/null"),
             ("block-device", "storage/disk"),
             ("fifo", "storage/fifo"),
+            ("symlink-nul", "storage/link"),
+            ("latin1-name", "storage/caf\\xE9"),
         ]
 
         /// Cases that expose gaps in the importer's checks (see the report): a link leaving
