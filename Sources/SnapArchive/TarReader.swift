@@ -105,7 +105,7 @@ public final class TarReader {
             // the entry is written out, after every check has seen the whole name.
             if let path = pax["path"] {
                 guard !path.contains(0) else {
-                    throw Self.nulError(at: headerOffset, "the pax path \"\(Self.show(path))\"", "file name")
+                    throw Self.nulError(at: headerOffset, "the pax path \"\(Tar.shown(path))\"", "file name")
                 }
                 name = path
             }
@@ -114,7 +114,7 @@ public final class TarReader {
                 guard !path.contains(0) else {
                     throw Self.nulError(
                         at: headerOffset,
-                        "the link target of '\(Tar.shown(name))' (pax linkpath \"\(Self.show(path))\")", "link")
+                        "the link target of '\(Tar.shown(name))' (pax linkpath \"\(Tar.shown(path))\")", "link")
                 }
                 link = path
             }

@@ -28,7 +28,9 @@ public final class Restorer {
     let clean: Bool
     private var statistics = Statistics()
     private let decompressor = ZstdDecompressor()
-    private var cachedParent: (path: String, handle: FileHandle)?
+    /// The last parent opened, by the bytes of its path: String equality would take a folder for
+    /// another whose name differs only in Unicode normalization.
+    private var cachedParent: (path: [UInt8], handle: FileHandle)?
 
     /// Set-user-ID and set-group-ID: never restored on files (see `restoreFile`).
     public static let setIDBits: UInt32 = 0o6000
@@ -235,18 +237,23 @@ public final class Restorer {
     // MARK: Writing
 
     /// The folder that holds `path`, opened component by component without following symlinks.
+    ///
+    /// Split at `/` bytes, as the kernel and `validate` do: a `/` followed by a combining mark is
+    /// one Character, which a split by Characters would leave inside a component.
     private func openParent(of path: String, root: FileHandle) throws -> (FileHandle, String) {
-        guard let slash = path.lastIndex(of: "/") else { return (root, path) }
-        let parentPath = String(path[..<slash])
-        let name = String(path[path.index(after: slash)...])
+        let bytes = Array(path.utf8)
+        guard let slash = bytes.lastIndex(of: UInt8(ascii: "/")) else { return (root, path) }
+        let parentPath = Array(bytes[..<slash])
+        let name = String(decoding: bytes[(slash + 1)...], as: UTF8.self)
         if let cachedParent, cachedParent.path == parentPath { return (cachedParent.handle, name) }
         var current = root
-        for component in parentPath.split(separator: "/") {
+        for component in bytes[..<slash].split(separator: UInt8(ascii: "/")) {
             do {
-                current = try FileHandle.open(String(component), O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: current)
+                current = try FileHandle.open(Array(component), O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: current)
             } catch {
                 throw SnapError(
-                    .unsafePath, "cannot restore \(path): \(parentPath) in the target is not a plain folder",
+                    .unsafePath,
+                    "cannot restore \(path): \(String(decoding: parentPath, as: UTF8.self)) in the target is not a plain folder",
                     cause: (error as? SnapError)?.cause)
             }
         }

@@ -277,7 +277,8 @@ struct DumpDataIndex {
         }
 
         mutating func bytes(_ count: Int) throws -> [UInt8] {
-            guard index + count <= bytes.count else { throw NeedMore() }
+            // Lengths come from the archive: compared so that no sum can overflow.
+            guard count <= bytes.count - index else { throw NeedMore() }
             defer { index += count }
             return Array(bytes[index..<index + count])
         }
@@ -294,7 +295,7 @@ struct DumpDataIndex {
         mutating func skipString() throws -> Bool {
             let length = try int()
             guard length >= 0 else { return false }
-            guard index + length <= bytes.count else { throw NeedMore() }
+            guard length <= bytes.count - index else { throw NeedMore() }
             index += length
             return true
         }

@@ -24,6 +24,12 @@ func makeAwkwardTree(at root: String) throws {
     // Two names Unicode calls equal but whose bytes differ (NFC and NFD): two files.
     try writeFile(root + "/ünïcødé 日本語/\u{E9}.txt", Array("nfc".utf8), mtime: base + 8)
     try writeFile(root + "/ünïcødé 日本語/e\u{301}.txt", Array("nfd".utf8), mtime: base + 9)
+    // The same for folders, each with a file of the same name: they must not be taken for one.
+    for (folder, content) in [("\u{E9}-folder", "in nfc"), ("e\u{301}-folder", "in nfd")] {
+        try fm.createDirectory(atPath: root + "/ünïcødé 日本語/" + folder, withIntermediateDirectories: true)
+        try writeFile(root + "/ünïcødé 日本語/" + folder + "/f.txt", Array(content.utf8), mtime: base + 9)
+        try setTime(root + "/ünïcødé 日本語/" + folder, base + 9)
+    }
     try fm.createDirectory(atPath: root + "/empty-folder", withIntermediateDirectories: true)
     chmod(root + "/empty-folder", 0o750)
     // A setgid folder (its files take its group) comes back as it was; setgid files do not (below).

@@ -116,6 +116,9 @@ struct DumpDataIndexTests {
             Array("PGDMP".utf8) + [1, 99, 0, 4, 8, 1] + [UInt8](repeating: 0, count: 10_000),  // version 1.99
             Array("PGDMP".utf8) + [1, 14, 0, 4, 8, 3] + [UInt8](repeating: 0, count: 10_000),  // tar format
             pseudoRandomBytes(100_000, seed: 3),
+            // A valid 1.14 header whose first string claims Int.max bytes: no sum may overflow.
+            Array("PGDMP".utf8) + [1, 14, 0, 8, 8, 1] + [UInt8](repeating: 0, count: 9 * 8)
+                + [0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F] + [UInt8](repeating: 0, count: 1000),
         ]
         for bytes in cases {
             var index = DumpDataIndex()
