@@ -6,6 +6,8 @@ import SnapCore
 
 /// Writes a snapshot as the classic `backup_YYYYMMDD_HHMMSS.tar.gz`: `database.dump` (the exact
 /// pg_dump bytes) and `storage/...` (folders, files and symlinks with their modes and mtimes).
+/// Files lose their setuid and setgid bits, as in a restore: the archive names no owner but root,
+/// and `tar -x` run as root would make them root programs.
 ///
 /// Everything streams: chunks are read one at a time, the tar stream is cut into blocks that
 /// are deflated on every core, and the gzip stream goes to `sink` in order.
@@ -36,7 +38,8 @@ public struct SnapshotExporter {
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
 
         func copy(_ entry: ManifestEntry, as path: String) throws {
-            try tar.beginFile(path: path, mode: entry.mode, mtime: entry.mtime, size: entry.size)
+            try tar.beginFile(
+                path: path, mode: entry.mode & ~Restorer.setIDBits, mtime: entry.mtime, size: entry.size)
             let stream = StreamReader(repository: repository, chunks: entry.chunks, size: entry.size)
             while true {
                 let count = try buffer.withUnsafeMutableBytes { try stream.read(into: $0) }

@@ -228,6 +228,29 @@ extension ArchiveTests {
 
 extension ArchiveTests {
     @Suite struct FilesOnly {
+        /// The archive names root as every owner, so a setuid or setgid bit would make `tar -x`
+        /// as root create root programs: files are exported without them, folders keep theirs.
+        @Test func exportDropsSetIDBitsOfFiles() throws {
+            let folder = try TemporaryDirectory()
+            let repo = folder.file("repo")
+            let storage = folder.file("storage")
+            try FileManager.default.createDirectory(atPath: storage + "/group", withIntermediateDirectories: true)
+            try writeFile(storage + "/group/tool", Array("#!/bin/sh\n".utf8), mode: 0o6755)
+            #expect(chmod(storage + "/group", 0o2770) == 0)
+            try snap("--repo", repo, "init")
+            #expect(try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage).status == 0)
+            let archive = folder.file("backup.tar.gz")
+            #expect(try snap("--repo", repo, "export", "latest", "-o", archive).status == 0)
+            let modes = try runProcess(
+                "python3",
+                [
+                    "-c",
+                    "import sys, tarfile; t = tarfile.open(sys.argv[1]); print(oct(t.getmember('storage/group/tool').mode), oct(t.getmember('storage/group').mode))",
+                    archive,
+                ])
+            #expect(modes.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0o755 0o2770", "\(modes.stderr)")
+        }
+
         @Test func filesOnlyExportHasOnlyStorageAndNeverOverwrites() throws {
             let folder = try TemporaryDirectory()
             let repo = folder.file("repo")
