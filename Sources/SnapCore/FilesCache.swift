@@ -95,7 +95,7 @@ final class FilesCache {
                 digits += 1
             }
             guard digits > 0 else { return nil }
-            return negative ? UInt64(bitPattern: -Int64(bitPattern: value)) : value
+            return negative ? UInt64(bitPattern: 0 &- Int64(bitPattern: value)) : value
         }
         func skip(_ byte: UInt8) -> Bool {
             guard index < bytes.count, bytes[index] == byte else { return false }
@@ -114,7 +114,8 @@ final class FilesCache {
                 chunks.append(id)
                 index += 64
             }
-            guard skip(32), let length = number(), skip(UInt8(ascii: ":")), index + Int(length) < bytes.count
+            // Whatever the file holds (a damaged disk, a hand edit), no length may trap.
+            guard skip(32), let length = number(), skip(UInt8(ascii: ":")), length < UInt64(bytes.count - index)
             else { return entries }
             let name = Array(bytes[index..<index + Int(length)])
             index += Int(length)

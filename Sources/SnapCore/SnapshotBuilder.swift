@@ -94,7 +94,9 @@ public final class SnapshotBuilder {
         guard realpath(absolute, &resolved) != nil else {
             throw SnapError(.io, "cannot resolve storage folder \(path)", cause: Errno(errno))
         }
-        let kind = status.kind == .symlink ? try FileHandle.open(path, O_RDONLY).status().kind : status.kind
+        let kind =
+            status.kind == .symlink
+            ? try FileHandle.open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY).status().kind : status.kind
         guard kind == .directory else {
             throw SnapError(.invalidInput, "storage path \(path) is not a folder; pass a folder with --storage")
         }
@@ -224,13 +226,21 @@ public final class SnapshotBuilder {
         let status = try rootHandle.status()
         try writer.append(
             ManifestEntry(kind: .directory, path: ".", mode: status.mode, mtime: status.mtimeNanoseconds))
-        try walkDirectory(rootHandle, prefix: "", writer: writer)
+        try walkDirectory(rootHandle, prefix: "", ancestors: [FolderIdentity(status)], writer: writer)
+    }
+
+    /// A folder by device and inode: a bind mount of an ancestor inside the tree would otherwise
+    /// be walked without end.
+    private struct FolderIdentity: Hashable {
+        var device: UInt64
+        var inode: UInt64
+        init(_ status: FileStatus) { (device, inode) = (status.device, status.inode) }
     }
 
     private func warn(_ message: String) { reporter.warn(message) }
 
     private func walkDirectory(
-        _ directory: FileHandle, prefix: String, writer: SnapshotWriter
+        _ directory: FileHandle, prefix: String, ancestors: Set<FolderIdentity>, writer: SnapshotWriter
     ) throws {
         let names: [[UInt8]]
         do {
@@ -260,16 +270,22 @@ public final class SnapshotBuilder {
             }
             switch status.kind {
             case .directory:
+                // The folder is recorded even when its content cannot be read (FORMAT §7.3).
+                try writer.append(
+                    ManifestEntry(kind: .directory, path: path, mode: status.mode, mtime: status.mtimeNanoseconds))
+                guard !ancestors.contains(FolderIdentity(status)) else {
+                    warn("\(path): the folder is one of its own ancestors (a bind mount?); its content is skipped")
+                    continue
+                }
                 let child: FileHandle
                 do {
                     child = try FileHandle.open(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory)
                 } catch {
-                    warn("\(path): cannot open the folder (\(reason(error))); skipped")
+                    warn("\(path): cannot open the folder (\(reason(error))); its content is missing from the snapshot")
                     continue
                 }
-                try writer.append(
-                    ManifestEntry(kind: .directory, path: path, mode: status.mode, mtime: status.mtimeNanoseconds))
-                try walkDirectory(child, prefix: path, writer: writer)
+                try walkDirectory(
+                    child, prefix: path, ancestors: ancestors.union([FolderIdentity(status)]), writer: writer)
             case .regular:
                 guard let entry = try readFile(name, path: path, in: directory, writer: writer)
                 else { continue }
@@ -293,16 +309,26 @@ public final class SnapshotBuilder {
 
     /// The file's entry, or nil (with a warning) when it cannot be read. Read errors in the middle
     /// of a file leave its chunks stored but no entry: a partial file is never recorded as whole.
+    /// A file that changes while it is read is read again, once; if it changed again, what was
+    /// read is recorded with a warning.
     private func readFile(_ name: String, path: String, in directory: FileHandle, writer: SnapshotWriter) throws
         -> ManifestEntry?
     {
         let handle: FileHandle
-        let status: FileStatus
+        var status: FileStatus
         do {
-            handle = try FileHandle.open(name, O_RDONLY | O_NOFOLLOW, at: directory)
+            // O_NONBLOCK: a FIFO swapped in since the listing must not hang the walk on `open`.
+            handle = try FileHandle.open(name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, at: directory)
             status = try handle.status()
         } catch {
+            if let error = error as? SnapError, let cause = error.cause as? Errno, cause.rawValue == ENOENT {
+                return nil  // deleted since the listing: nothing to back up
+            }
             warn("\(path): cannot open the file (\(reason(error))); skipped")
+            return nil
+        }
+        guard status.kind == .regular else {
+            warn("\(path): became something other than a regular file while the folder was read; skipped")
             return nil
         }
         if let chunks = filesCache?.lookup(path, status, known: writer.has) {
@@ -312,32 +338,41 @@ public final class SnapshotBuilder {
                 kind: .file, path: path, mode: status.mode, mtime: status.mtimeNanoseconds, size: status.size,
                 chunks: chunks)
         }
-        var readFailure: (any Error)?
-        let stream: StreamReference
-        do {
-            stream = try writer.storeStream(.files) { buffer in
-                // A failed dump stops the walk within a read, not at the end of a large file.
-                if self.cancelled.load(ordering: .relaxed) { throw SnapError(.io, "the snapshot was abandoned") }
-                do { return try handle.read(into: buffer) } catch {
-                    readFailure = error
-                    throw error
+        for attempt in 1...2 {
+            var readFailure: (any Error)?
+            let stream: StreamReference
+            do {
+                stream = try writer.storeStream(.files) { buffer in
+                    // A failed dump stops the walk within a read, not at the end of a large file.
+                    if self.cancelled.load(ordering: .relaxed) { throw SnapError(.io, "the snapshot was abandoned") }
+                    do { return try handle.read(into: buffer) } catch {
+                        readFailure = error
+                        throw error
+                    }
                 }
+            } catch {
+                guard let readFailure else { throw error }  // a repository write failed: abort the snapshot
+                warn("\(path): cannot read the file (\(reason(readFailure))); skipped")
+                return nil
             }
-        } catch {
-            guard let readFailure else { throw error }  // a repository write failed: abort the snapshot
-            warn("\(path): cannot read the file (\(reason(readFailure))); skipped")
-            return nil
+            let after = try? handle.status()
+            let unchanged =
+                stream.size == status.size && after?.mtimeNanoseconds == status.mtimeNanoseconds
+                && after?.ctimeNanoseconds == status.ctimeNanoseconds
+            if unchanged {
+                filesCache?.record(path, status, chunks: stream.chunks)
+            } else if attempt == 1, let after, lseek(handle.fd, 0, SEEK_SET) == 0 {
+                status = after
+                continue
+            } else {
+                // Not remembered in the cache either: the next snapshot reads it again.
+                warn("\(path): changed while it was read, twice; recorded as read, which may mix old and new content")
+            }
+            return ManifestEntry(
+                kind: .file, path: path, mode: status.mode, mtime: status.mtimeNanoseconds, size: stream.size,
+                chunks: stream.chunks)
         }
-        // A file that changed while it was read is not remembered: the next snapshot reads it again.
-        if stream.size == status.size, let after = try? handle.status(),
-            after.mtimeNanoseconds == status.mtimeNanoseconds,
-            after.ctimeNanoseconds == status.ctimeNanoseconds
-        {
-            filesCache?.record(path, status, chunks: stream.chunks)
-        }
-        return ManifestEntry(
-            kind: .file, path: path, mode: status.mode, mtime: status.mtimeNanoseconds, size: stream.size,
-            chunks: stream.chunks)
+        return nil
     }
 
     private func display(_ path: String) -> String { path.isEmpty ? "." : path }

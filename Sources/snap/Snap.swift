@@ -49,6 +49,13 @@ struct Snap: ParsableCommand {
     static func main() {
         // `snap export - | head` must end quietly, not die of SIGPIPE.
         signal(SIGPIPE, SIG_IGN)
+        // A snapshot holds a descriptor per folder level of the tree it walks, beside its object
+        // files: the usual soft limit of 1024 is the hard limit's to give.
+        var limit = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
         do {
             var command = try parseAsRoot()
             try command.run()

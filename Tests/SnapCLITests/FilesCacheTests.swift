@@ -45,4 +45,66 @@ import Testing
         #expect(try take()["files_unchanged"] == nil)
         #expect(try snap("--repo", repo, "check", "--read-data").status == 0)
     }
+
+    /// Whatever the cache file holds, a snapshot goes on as if there were none.
+    @Test func aDamagedCacheCostsOnlyTime() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
+        let cache = folder.file("cache")
+        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
+        try writeFile(storage + "/a.txt", Array("a".utf8), mtime: 1_600_000_000_000_000_000)
+        try snap("--repo", repo, "init")
+        let environment = ["SNAP_CACHE_DIR": cache]
+        #expect(
+            try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage, environment: environment).status == 0)
+        let files = try FileManager.default.subpathsOfDirectory(atPath: cache).filter { $0.contains("files-") }
+        #expect(files.count == 1)
+        let damaged: [String] = [
+            "-9223372036854775808 -9223372036854775808 1 2 3 0 99999999999999999999:x\n",
+            "1 2 3 4 5 0 18446744073709551615:a.txt\n",
+            "1 2 3 4 5 0 9223372036854775807:a.txt\n",
+            "1 2 3 4 5 18446744073709551615 zz\n",
+        ]
+        for text in damaged {
+            try writeFile(cache + "/" + files[0], Array(text.utf8))
+            let result = try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage, environment: environment)
+            #expect(result.status == 0, "\(text): \(result.stderr)")
+        }
+    }
+
+    /// A --storage path that is a symlink to a FIFO is refused at once, not waited on.
+    @Test func aStoragePathLeadingToAFIFOIsRefusedWithoutWaiting() throws {
+        let folder = try TemporaryDirectory()
+        #expect(mkfifo(folder.file("fifo"), 0o600) == 0)
+        try FileManager.default.createSymbolicLink(
+            atPath: folder.file("storage"), withDestinationPath: folder.file("fifo"))
+        try snap("--repo", folder.file("repo"), "init")
+        let result = try snap("--repo", folder.file("repo"), "snapshot", "--no-db", "--storage", folder.file("storage"))
+        #expect(result.status == 2 || result.status == 1)
+        #expect(result.stderr.contains("not a folder"), "\(result.stderr)")
+    }
+
+    /// A bind mount of an ancestor inside the tree is recorded as a folder, not walked forever.
+    @Test(
+        .enabled(
+            if: geteuid() == 0 || TestCluster.isCI,
+            "a bind mount needs root; run the tests as root to cover it (under CI=true this runs and fails)"))
+    func aFolderThatIsItsOwnAncestorIsNotWalked() throws {
+        let folder = try TemporaryDirectory()
+        let storage = folder.file("storage")
+        try FileManager.default.createDirectory(atPath: storage + "/sub/loop", withIntermediateDirectories: true)
+        try writeFile(storage + "/sub/file.txt", Array("x".utf8))
+        let bind = try runProcess("mount", ["--bind", storage, storage + "/sub/loop"])
+        try #require(bind.succeeded, "cannot bind-mount \(storage): \(bind.stderr)")
+        defer {
+            if (try? runProcess("umount", [storage + "/sub/loop"]))?.succeeded != true {
+                _ = try? runProcess("umount", ["-l", storage + "/sub/loop"])
+            }
+        }
+        try snap("--repo", folder.file("repo"), "init")
+        let result = try snap("--repo", folder.file("repo"), "snapshot", "--no-db", "--storage", storage)
+        #expect(result.status == 3, "\(result.stderr)")
+        #expect(result.stderr.contains("sub/loop") && result.stderr.contains("ancestors"), "\(result.stderr)")
+    }
 }
