@@ -136,6 +136,19 @@ public final class DumpRestore {
         }
     }
 
+    /// Checks, before anything is changed, that pg_restore is there and can read the dump: a
+    /// pg_restore older than the pg_dump that made it cannot.
+    public func preflight() throws {
+        let tool = try restoreTool()
+        guard let facts = options.dumpFacts, let made = PostgresTools.parseVersionNumber(facts.pgDumpVersion),
+            PostgresTools.majorKey(tool.versionNumber) < PostgresTools.majorKey(made)
+        else { return }
+        throw PostgresError(
+            .versionMismatch,
+            "pg_restore \(tool.version) cannot read this dump (made by pg_dump \(facts.pgDumpVersion)); nothing was changed; install postgresql-client-\(PostgresTools.majorVersion(made)) or newer (or set \(PostgresTools.binFolderVariable))"
+        )
+    }
+
     /// Throws `.targetNotEmpty`, naming a few of the objects found, unless the target is empty.
     public func requireEmpty() throws {
         let found = try userObjects(limit: 4)
@@ -156,8 +169,12 @@ public final class DumpRestore {
     ///
     /// Database-level settings (ALTER DATABASE ... SET), comments and grants on the database are
     /// not kept: a `pg_dump -Fc` of one database does not carry them either.
+    ///
+    /// The new database is created first, under a temporary name, and renamed once the old one is
+    /// dropped: a role that may not create databases, or not give them that owner, fails before
+    /// anything is dropped. Only a failed rename, after the drop, leaves the work half done; its
+    /// message says how to finish it.
     public func recreateDatabase() throws {
-        let name = connection.database
         let version = connection.serverVersionNumber
         let localeColumns =
             if version >= 170_000 {
@@ -172,7 +189,8 @@ public final class DumpRestore {
             guard
                 let row = try connection.query(
                     """
-                    SELECT pg_encoding_to_char(encoding), datcollate, datctype, pg_get_userbyid(datdba), \(localeColumns)
+                    SELECT pg_encoding_to_char(encoding), datcollate, datctype, pg_get_userbyid(datdba), \(localeColumns),
+                           current_database()
                     FROM pg_database WHERE datname = current_database()
                     """
                 ).first
@@ -181,6 +199,8 @@ public final class DumpRestore {
         } catch {
             throw PostgresError(.recreate, "cannot read the settings of \(target) to recreate it", cause: error)
         }
+        // The name the server gives, not the one asked for (a pooler may map an alias).
+        let name = settings[6] ?? connection.database
 
         let maintenanceName = name == "postgres" ? "template1" : "postgres"
         let maintenance: PostgresConnection
@@ -195,7 +215,12 @@ public final class DumpRestore {
         connection.close()
 
         let quotedName = maintenance.quoteIdentifier(name)
-        var create = "CREATE DATABASE \(quotedName) TEMPLATE template0"
+        // At most 63 bytes (NAMEDATALEN - 1), cut on a character boundary.
+        var base = "snap_restore_" + String(UInt32.random(in: .min ... .max), radix: 16) + "_"
+        for character in name where base.utf8.count + String(character).utf8.count <= 63 { base.append(character) }
+        let replacement = base
+        let quotedReplacement = maintenance.quoteIdentifier(replacement)
+        var create = "CREATE DATABASE \(quotedReplacement) TEMPLATE template0"
         if let encoding = settings[0] { create += " ENCODING \(maintenance.quoteLiteral(encoding))" }
         if let collate = settings[1] { create += " LC_COLLATE \(maintenance.quoteLiteral(collate))" }
         if let ctype = settings[2] { create += " LC_CTYPE \(maintenance.quoteLiteral(ctype))" }
@@ -214,10 +239,28 @@ public final class DumpRestore {
         if let owner = settings[3] { create += " OWNER \(maintenance.quoteIdentifier(owner))" }
         let drop = "DROP DATABASE IF EXISTS \(quotedName)" + (version >= 130_000 ? " WITH (FORCE)" : "")
         do {
-            try maintenance.execute(drop)
             try maintenance.execute(create)
         } catch {
-            throw PostgresError(.recreate, "cannot recreate database \"\(name)\" at \(location)", cause: error)
+            throw PostgresError(
+                .recreate,
+                "cannot create the database that replaces \"\(name)\" at \(location) (the role needs CREATEDB, and membership in the owner's role); nothing was changed",
+                cause: error)
+        }
+        do {
+            try maintenance.execute(drop)
+        } catch {
+            try? maintenance.execute("DROP DATABASE IF EXISTS \(quotedReplacement)")
+            throw PostgresError(
+                .recreate, "cannot drop database \"\(name)\" at \(location) to replace it; nothing was changed",
+                cause: error)
+        }
+        do {
+            try maintenance.execute("ALTER DATABASE \(quotedReplacement) RENAME TO \(quotedName)")
+        } catch {
+            throw PostgresError(
+                .recreate,
+                "database \"\(name)\" was dropped but its empty replacement \"\(replacement)\" could not be renamed; run ALTER DATABASE \(quotedReplacement) RENAME TO \(quotedName), then restore again",
+                cause: error)
         }
         do {
             connection = try maintenance.connect(toDatabase: name, applicationName: options.applicationName)

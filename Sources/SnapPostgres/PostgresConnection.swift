@@ -17,7 +17,10 @@ public final class PostgresConnection {
     /// fallback, so an application_name the user set wins.
     public convenience init(conninfo: String?, applicationName: String = "snap") throws {
         var parameters: [(String, String)] = []
-        if let conninfo, !conninfo.isEmpty { parameters.append(("dbname", conninfo)) }
+        if let conninfo, !conninfo.isEmpty {
+            try Self.checkParses(conninfo)
+            parameters.append(("dbname", conninfo))
+        }
         parameters.append(("fallback_application_name", applicationName))
         try self.init(parameters: parameters, expandDatabaseName: true)
     }
@@ -149,8 +152,8 @@ public final class PostgresConnection {
     /// read it in `ps`.
     ///
     /// Starts from `base` without any libpq variable, then sets one variable per effective
-    /// parameter. The host and port are the ones actually connected, so a multi-host conninfo
-    /// cannot lead the child to another server. PGSERVICE is not passed: its values are already
+    /// parameter. The host, its address (over TCP) and the port are the ones actually connected, so
+    /// a multi-host conninfo or a name with several addresses cannot lead the child elsewhere. PGSERVICE is not passed: its values are already
     /// expanded here, and a service file would otherwise override them. Values equal to libpq's
     /// built-in defaults (sslmode=prefer, ...) are left to the child's own libpq, as psql would.
     /// PGPASSWORD is set only when
@@ -176,14 +179,20 @@ public final class PostgresConnection {
         environment["PGPORT"] = port
         environment["PGUSER"] = user
         environment["PGDATABASE"] = database ?? self.database
-        if let hostAddress = handle.flatMap(PQhostaddr).flatMap(string), environment["PGHOSTADDR"] != nil {
-            environment["PGHOSTADDR"] = hostAddress
-        }
+        if let hostAddress = connectedAddress { environment["PGHOSTADDR"] = hostAddress }
         if usedPassword, let password = conninfoOptions().first(where: { $0.keyword == "password" })?.value {
             environment["PGPASSWORD"] = password
         }
         if let applicationName { environment["PGAPPNAME"] = applicationName }
         return environment
+    }
+
+    /// The IP address this connection reached over TCP (nil over a Unix socket). Children and
+    /// sibling connections are pinned to it: a host name with several addresses, or one that moves
+    /// in a failover, must not lead pg_dump, pg_restore or a DROP DATABASE to another server.
+    private var connectedAddress: String? {
+        guard let address = handle.flatMap(PQhostaddr).flatMap(string), !address.isEmpty else { return nil }
+        return address
     }
 
     /// A new connection to another database of the same server, as the same user with the same
@@ -202,9 +211,7 @@ public final class PostgresConnection {
         parameters.append(("host", host))
         parameters.append(("port", port))
         parameters.append(("user", user))
-        if effectiveParameters["hostaddr"] != nil, let address = handle.flatMap(PQhostaddr).flatMap(string) {
-            parameters.append(("hostaddr", address))
-        }
+        if let address = connectedAddress { parameters.append(("hostaddr", address)) }
         parameters.append(("dbname", name))
         parameters.append(("fallback_application_name", applicationName))
         return try PostgresConnection(parameters: parameters, expandDatabaseName: false)
@@ -281,6 +288,27 @@ public final class PostgresConnection {
 
     // MARK: Connection failures
 
+    /// Refuses a connection string libpq cannot parse with a message that quotes none of it: libpq's
+    /// own quotes the string, or the token after a password, which may be the password itself.
+    static func checkParses(_ conninfo: String) throws {
+        let isURI = conninfo.hasPrefix("postgresql://") || conninfo.hasPrefix("postgres://")
+        guard isURI || conninfo.contains("=") else { return }  // a plain database name
+        var message: UnsafeMutablePointer<CChar>?
+        guard let options = PQconninfoParse(conninfo, &message) else {
+            let reason = message.map { String(cString: $0) } ?? "libpq is out of memory"
+            if let message { PQfreemem(message) }
+            // Quoted pieces of the string go; a quoted single character ("=", "]") says what is missing.
+            let unquoted = connectionFailureReason(reason).replacing(/"([^"]*)"/) {
+                $0.output.1.count < 2 ? Substring($0.output.0) : "\"…\""
+            }
+            throw PostgresError(
+                .connect,
+                "cannot parse the connection string given as \(isURI ? "a URI" : "key=value pairs") (\(unquoted)); check its quoting and percent-encoding"
+            )
+        }
+        PQconninfoFree(options)
+    }
+
     /// The one-line error for a failed connection: where, which database and user, and the reason.
     private static func connectionError(_ connection: OpaquePointer) -> PostgresError {
         var options: [ConninfoOption] = []
@@ -297,14 +325,24 @@ public final class PostgresConnection {
         if PQconnectionNeedsPassword(connection) == 1 {
             reason += "; set PGPASSWORD, add the password to the conninfo, or add it to ~/.pgpass"
         }
-        // libpq does not echo passwords, but the message is user-facing: make sure.
+        // libpq quotes a connection string it cannot parse, and a mistyped URI becomes a database
+        // name that the server's message repeats: the message is user-facing, so no password.
         if let password = option("password"), password.count >= 4 {
             reason = reason.replacingOccurrences(of: password, with: "***")
         }
         return PostgresError(
             .connect,
-            "cannot connect to PostgreSQL at \(location(host: host, port: port)) (database \"\(database)\", user \"\(user)\")",
-            cause: LibpqMessage(reason))
+            redactingPasswords(
+                "cannot connect to PostgreSQL at \(location(host: host, port: port)) (database \"\(database)\", user \"\(user)\")"
+            ),
+            cause: LibpqMessage(redactingPasswords(reason)))
+    }
+
+    /// `text` with what looks like a password in a connection string replaced by `***`: the
+    /// `password` of `user:password@` (in a URI, or in a mistyped one) and of `password=value`.
+    static func redactingPasswords(_ text: String) -> String {
+        text.replacing(/:[^:@\/\s"']+@/, with: ":***@")
+            .replacing(/(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s"]+)/) { $0.output.1 + "***" }
     }
 
     /// libpq's message without its own "connection to server at ... failed:" prefix (our message

@@ -398,6 +398,17 @@ struct RestoreCommand: ParsableCommand {
             throw CommandFailure(
                 message: "nothing to restore from snapshot \(snapshot.shortID)", status: ExitStatus.usage)
         }
+        // libpq's default database is the user's name (often "postgres"): --clean drops what it
+        // names, so that must be a choice.
+        let environment = ProcessInfo.processInfo.environment
+        if restoreDatabase && clean && db == nil
+            && [environment["PGDATABASE"], environment["PGSERVICE"]].allSatisfy({ $0?.isEmpty ?? true })
+        {
+            throw CommandFailure(
+                message:
+                    "--clean drops and recreates the target database: name it with --db (or PGDATABASE), or leave out --clean",
+                status: ExitStatus.usage)
+        }
 
         // Every check before any change: the folder, the snapshot's paths, then the database.
         var files: Restorer?
@@ -442,7 +453,15 @@ struct RestoreCommand: ParsableCommand {
             dumpFacts: snapshot.record.sources.database,
             applicationName: "snap")
         options.onNote = { StandardError.write("snap: note: \($0)\n") }
+        // Every object of the dump is there before anything is dropped or loaded.
+        if let missing = try entry.chunks.first(where: { try !repository.store.contains($0) }) {
+            throw SnapError(
+                .notFound,
+                "object \(missing.hex) of snapshot \(snapshot.shortID)'s database dump is missing from the repository; nothing was changed; run `snap check`"
+            )
+        }
         let target = try DumpRestore(conninfo: db, options: options)
+        try target.preflight()
         if !clean { try target.requireEmpty() }
         return {
             if clean { try target.recreateDatabase() }

@@ -123,6 +123,40 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         #expect(try dump(source) == expected)
     }
 
+    /// --clean creates the replacement before it drops anything: a role that owns its database
+    /// but may not create databases (a common app role) gets an error and keeps its database.
+    /// And --clean never falls back to libpq's default database.
+    @Test func cleanRestoreChangesNothingWhenItCannotRecreate() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let source = try makeAwkwardDatabase(cluster)
+        try snap("--repo", repo, "init")
+        #expect(try snap("--repo", repo, "snapshot", "--db", cluster.conninfo(database: source)).status == 0)
+
+        let role = cluster.uniqueDatabaseName("app_role")
+        let target = cluster.uniqueDatabaseName("app")
+        try cluster.psql("CREATE ROLE \(role) LOGIN NOCREATEDB")
+        try cluster.createDatabase(target, options: "OWNER \(role)")
+        try cluster.psql("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42);", database: target)
+        defer {
+            try? cluster.dropDatabase(target)
+            _ = try? cluster.psql("DROP ROLE IF EXISTS \(role)")
+        }
+        let refused = try snap(
+            "--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: target, user: role), "--clean")
+        #expect(refused.status == 1)
+        #expect(
+            refused.stderr.contains("nothing was changed") && refused.stderr.contains("CREATEDB"), "\(refused.stderr)")
+        #expect(refused.stderr.split(separator: "\n").count == 1, "\(refused.stderr)")
+        #expect(try cluster.psql("SELECT x FROM kept", database: target) == "42")
+        #expect(try cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'snap_restore_%'") == "0")
+
+        let unnamed = try snap(
+            "--repo", repo, "restore", "latest", "--clean", environment: ["PGDATABASE": "", "PGSERVICE": ""])
+        #expect(unnamed.status == 2)
+        #expect(unnamed.stderr.contains("--db"), "\(unnamed.stderr)")
+    }
+
     @Test func databaseAndStorageTogether() throws {
         let folder = try TemporaryDirectory()
         let repo = folder.file("repo")
@@ -210,13 +244,18 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
             ("host=127.0.0.1 port=\(try TestCluster.freePort()) dbname=\(source) connect_timeout=5", ["127.0.0.1"]),
             (cluster.conninfo(database: "no_such_database"), ["no_such_database"]),
             (cluster.conninfo(database: source, password: "wrong-password"), ["password"]),
+            // libpq quotes what it cannot parse; a mistyped URI becomes a database name the
+            // server repeats. Neither may show the password.
+            ("postgresql://app:wrong-password@[::1/\(source)", ["cannot parse", "URI"]),
+            ("password=my wrong-password " + cluster.conninfo(database: source), ["cannot parse", "key=value"]),
+            ("postgresql:/app:wrong-password@localhost/\(source)", ["app:***@"]),
         ]
         for (conninfo, mentions) in cases {
             let result = try snap("--repo", repo, "snapshot", "--db", conninfo)
             #expect(result.status == 1, "\(conninfo): \(result.stderr)")
             #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
             for mention in mentions { #expect(result.stderr.contains(mention), "\(result.stderr)") }
-            #expect(!result.stderr.contains("wrong-password"))
+            #expect(!result.stderr.contains("wrong-password"), "\(result.stderr)")
             #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
             #expect(try objectCount(repo) == 0)
         }

@@ -55,6 +55,8 @@ struct ConnectionTests {
         let environment = connection.childEnvironment(base: base, database: "other", applicationName: "snap pg_dump")
         #expect(environment["PGPASSWORD"] == cluster.password)
         #expect(environment["PGHOST"] == "127.0.0.1")
+        // Pinned to the address reached: a name with several addresses cannot lead elsewhere.
+        #expect(environment["PGHOSTADDR"] == "127.0.0.1")
         #expect(environment["PGPORT"] == String(cluster.port))
         #expect(environment["PGUSER"] == cluster.passwordUser)
         #expect(environment["PGDATABASE"] == "other")
@@ -71,6 +73,7 @@ struct ConnectionTests {
         let trustedEnvironment = trusted.childEnvironment(base: base)
         #expect(trustedEnvironment["PGPASSWORD"] == nil)
         #expect(trustedEnvironment["PGHOST"] == cluster.socketDirectory)
+        #expect(trustedEnvironment["PGHOSTADDR"] == nil)
         #expect(trustedEnvironment["PGDATABASE"] == "postgres")
         #expect(trustedEnvironment["PGSSLMODE"] == nil)
 
