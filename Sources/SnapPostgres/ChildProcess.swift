@@ -1,5 +1,6 @@
 import CLinux
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -125,6 +126,7 @@ final class ChildProcess {
         }
         guard status == 0 else { throw fail("\(executable)", status) }
         pid = childPID
+        RunningChildren.add(childPID)
     }
 
     deinit {
@@ -233,12 +235,14 @@ final class ChildProcess {
         while waitpid(pid, &status, 0) < 0 {
             if errno != EINTR {
                 // Reaped elsewhere (a SIGCHLD handler set to SIG_IGN); nothing more to learn.
+                RunningChildren.remove(pid)
                 termination = .exited(-1)
                 return .exited(-1)
             }
         }
         let result: Termination = (status & 0x7f) == 0 ? .exited((status >> 8) & 0xff) : .signaled(status & 0x7f)
         termination = result
+        RunningChildren.remove(pid)
         return result
     }
 
@@ -255,6 +259,55 @@ final class ChildProcess {
         errorTail.append(contentsOf: chunk[0..<count])
         if errorTail.count > errorLimit { errorTail.removeFirst(errorTail.count - errorLimit) }
     }
+}
+
+/// The pg_dump and pg_restore children running now, so that a termination signal sent to snap
+/// alone (by systemd, cron's timeout, `kill PID`) reaches them too, instead of leaving a
+/// pg_restore working on unwatched.
+public enum RunningChildren {
+    fileprivate static let capacity = 64
+    /// Read by the signal handler, so a fixed array of pids (0: free): no lock, no allocation.
+    nonisolated(unsafe) fileprivate static let slots: UnsafeMutablePointer<pid_t> = {
+        let slots = UnsafeMutablePointer<pid_t>.allocate(capacity: capacity)
+        slots.initialize(repeating: 0, count: capacity)
+        return slots
+    }()
+    private static let lock = Mutex<Void>(())
+
+    static func add(_ pid: pid_t) {
+        lock.withLock { _ in
+            if let free = (0..<capacity).first(where: { slots[$0] == 0 }) { slots[free] = pid }
+        }
+    }
+
+    static func remove(_ pid: pid_t) {
+        lock.withLock { _ in
+            for index in 0..<capacity where slots[index] == pid { slots[index] = 0 }
+        }
+    }
+
+    /// Makes SIGTERM, SIGINT and SIGHUP go on to every running child, then end snap as they
+    /// would have. Call once, at startup.
+    public static func forwardTerminationSignals() {
+        _ = slots  // initialized here, never first inside the handler
+        var unblocked = sigset_t()
+        sigemptyset(&unblocked)
+        for signal in [SIGTERM, SIGINT, SIGHUP] {
+            Glibc.signal(signal, forwardToChildren)
+            sigaddset(&unblocked, signal)
+        }
+        // A parent may have left them blocked (threads inherit the mask): they must reach us.
+        pthread_sigmask(SIG_UNBLOCK, &unblocked, nil)
+    }
+}
+
+private func forwardToChildren(_ signal: Int32) {
+    for index in 0..<RunningChildren.capacity {
+        let pid = RunningChildren.slots[index]
+        if pid > 0 { kill(pid, signal) }
+    }
+    Glibc.signal(signal, SIG_DFL)
+    raise(signal)
 }
 
 /// An errno value with its text.

@@ -49,6 +49,8 @@ struct Snap: ParsableCommand {
     static func main() {
         // `snap export - | head` must end quietly, not die of SIGPIPE.
         signal(SIGPIPE, SIG_IGN)
+        // A SIGTERM to snap alone must stop its pg_dump or pg_restore too.
+        RunningChildren.forwardTerminationSignals()
         // A snapshot holds a descriptor per folder level of the tree it walks, beside its object
         // files: the usual soft limit of 1024 is the hard limit's to give.
         var limit = rlimit()

@@ -261,6 +261,51 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         }
     }
 
+    /// A SIGTERM sent to snap alone (systemd, a timeout, `kill PID`) stops its pg_dump too, and
+    /// records nothing.
+    @Test func terminatingSnapStopsItsChild() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let pidFile = folder.file("child.pid")
+        let hook = folder.file("pg_dump")
+        let realDump = cluster.binDirectory + "/pg_dump"
+        try writeFile(
+            hook,
+            Array(
+                "#!/bin/sh\ncase \"$1\" in --version) exec \(realDump) \"$@\";; esac\necho $$ > \(pidFile)\nexec sleep 60\n"
+                    .utf8), mode: 0o755)
+        try snap("--repo", repo, "init")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: snapBinary)
+        process.arguments = ["--repo", repo, "snapshot", "--db", cluster.conninfo(database: "postgres")]
+        var environment = ProcessInfo.processInfo.environment
+        environment["SNAP_TEST_PG_DUMP"] = hook
+        process.environment = environment
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        var childPID: pid_t = 0
+        for _ in 0..<100 where childPID == 0 {
+            usleep(50_000)
+            childPID =
+                pid_t(
+                    (try? String(contentsOfFile: pidFile, encoding: .utf8))?.trimmingCharacters(
+                        in: .whitespacesAndNewlines) ?? "") ?? 0
+        }
+        try #require(childPID > 0, "the pg_dump hook never started")
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGTERM)
+        var gone = false
+        for _ in 0..<40 where !gone {
+            gone = kill(childPID, 0) != 0
+            if !gone { usleep(50_000) }
+        }
+        #expect(gone, "pg_dump (pid \(childPID)) outlived snap")
+        if !gone { kill(childPID, SIGKILL) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
+    }
+
     @Test func passwordNeverReachesTheRecordOrTheCommandLine() throws {
         let folder = try TemporaryDirectory()
         let repo = folder.file("repo")
