@@ -163,9 +163,10 @@ public final class DumpRestore {
     // MARK: Recreate
 
     /// `--clean`: drops the target and creates it again from template0, keeping its encoding,
-    /// collation, ctype, locale provider and owner. Works from the `postgres` maintenance database
-    /// (template1 when the target is `postgres`) on the same server, as the same user, and ends
-    /// other sessions on the target (`WITH (FORCE)`, PostgreSQL 13 and later).
+    /// collation, ctype, locale provider (and ICU rules), tablespace, connection limit and owner.
+    /// Works from the `postgres` maintenance database (template1 when the target is `postgres`) on
+    /// the same server, as the same user, and ends other sessions on the target (`WITH (FORCE)`,
+    /// PostgreSQL 13 and later).
     ///
     /// Database-level settings (ALTER DATABASE ... SET), comments and grants on the database are
     /// not kept: a `pg_dump -Fc` of one database does not carry them either.
@@ -190,7 +191,8 @@ public final class DumpRestore {
                 let row = try connection.query(
                     """
                     SELECT pg_encoding_to_char(encoding), datcollate, datctype, pg_get_userbyid(datdba), \(localeColumns),
-                           current_database()
+                           current_database(), (SELECT spcname FROM pg_tablespace WHERE oid = dattablespace),
+                           datconnlimit::text, \(version >= 160_000 ? "daticurules" : "NULL")
                     FROM pg_database WHERE datname = current_database()
                     """
                 ).first
@@ -236,6 +238,13 @@ public final class DumpRestore {
                 create += " LOCALE_PROVIDER libc"
             }
         }
+        if version >= 160_000, settings[4] == "i", let rules = settings[9] {
+            create += " ICU_RULES \(maintenance.quoteLiteral(rules))"
+        }
+        if let tablespace = settings[7], tablespace != "pg_default" {
+            create += " TABLESPACE \(maintenance.quoteIdentifier(tablespace))"
+        }
+        if let limit = settings[8], limit != "-1" { create += " CONNECTION LIMIT \(Int(limit) ?? -1)" }
         if let owner = settings[3] { create += " OWNER \(maintenance.quoteIdentifier(owner))" }
         let drop = "DROP DATABASE IF EXISTS \(quotedName)" + (version >= 130_000 ? " WITH (FORCE)" : "")
         do {

@@ -117,10 +117,14 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
             try cluster.psql("SELECT count(*) FROM public.newer", database: source) == "1",
             "refused restore changed the target")
 
+        try cluster.psql("ALTER DATABASE \(source) CONNECTION LIMIT 50")
         let clean = try snap(
             "--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: source), "--clean", "--jobs", "2")
         #expect(clean.status == 0, "\(clean.stderr)")
         #expect(try dump(source) == expected)
+        // The database itself comes back as it was, under its own name.
+        #expect(try cluster.psql("SELECT datconnlimit FROM pg_database WHERE datname = '\(source)'") == "50")
+        #expect(try cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'snap_restore_%'") == "0")
     }
 
     /// --clean creates the replacement before it drops anything: a role that owns its database
