@@ -398,11 +398,20 @@ private final class Reporter: @unchecked Sendable {
         self.onProgress = onProgress
     }
 
-    var errors: [String] { lock.withLock { warnings } }
+    /// The record lists this many problems at most, and counts the rest: a folder of a million
+    /// unreadable files must not make a record every `snap list` reads of a hundred megabytes.
+    static let recordedLimit = 1000
+    private var unrecorded = 0
+
+    var errors: [String] {
+        lock.withLock {
+            warnings + (unrecorded > 0 ? ["\(unrecorded) more problem(s) like these, not listed"] : [])
+        }
+    }
 
     func warn(_ message: String) {
         lock.withLock {
-            warnings.append(message)
+            if warnings.count < Self.recordedLimit { warnings.append(message) } else { unrecorded += 1 }
             onWarning(message)
         }
     }

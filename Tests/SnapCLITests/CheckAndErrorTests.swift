@@ -127,6 +127,25 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: restored + "/readable.txt"))
         #expect(!FileManager.default.fileExists(atPath: restored + "/locked.txt"))
     }
+
+    /// Every problem is said on stderr, but the record lists the first thousand and counts the
+    /// rest, so that it stays small whatever the folder holds.
+    @Test func theRecordListsAThousandProblemsAndCountsTheRest() throws {
+        let folder = try TemporaryDirectory()
+        let storage = folder.file("storage")
+        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
+        for index in 0..<1005 { #expect(mkfifo(storage + "/fifo-\(index)", 0o644) == 0) }
+        try snap("--repo", folder.file("repo"), "init")
+        let result = try snap("--repo", folder.file("repo"), "snapshot", "--no-db", "--storage", storage, "--json")
+        #expect(result.status == 3)
+        #expect(result.stderr.components(separatedBy: "fifo-").count - 1 == 1005)
+        let id = (try parseJSON(result.stdout) as? [String: Any])?["id"] as? String ?? ""
+        let shown =
+            try parseJSON(try snap("--repo", folder.file("repo"), "show", id, "--json").stdout) as? [String: Any]
+        let errors = shown?["errors"] as? [String] ?? []
+        #expect(errors.count == 1001)
+        #expect(errors.last == "5 more problem(s) like these, not listed")
+    }
 }
 
 @Suite struct RepositoryDamageTests {
