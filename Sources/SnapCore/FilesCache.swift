@@ -24,7 +24,10 @@ final class FilesCache {
 
     private var previous: [[UInt8]: Entry] = [:]
     private let path: String?
-    private var output: [UInt8] = []
+    /// The new cache, written as the walk goes (only what is not yet written is held here) to a
+    /// temporary file that `save` renames into place; nil once writing it failed.
+    private var output: (handle: FileHandle, temporary: String)?
+    private var pending: [UInt8] = []
     private let started: Int64
 
     /// Loads the cache of `storage` (an absolute path) for `repository`; empty when there is none.
@@ -40,10 +43,30 @@ final class FilesCache {
             return
         }
         let name = "files-" + String(ObjectID(hashing: Array(storage.utf8)).hex.prefix(16))
-        path = join(join(base, repository.config.id), name)
-        if let path, let bytes = try? FileHandle.open(path, O_RDONLY).readAll() {
+        let path = join(join(base, repository.config.id), name)
+        self.path = path
+        if let bytes = try? FileHandle.open(path, O_RDONLY).readAll() {
             previous = Self.parse(bytes)
         }
+        let folder = String(path[..<path.lastIndex(of: "/")!])
+        try? Repository.makeDirectories(folder)
+        // Left by killed runs; at worst one belongs to a run now going, which then keeps its old cache.
+        if let handle = try? FileHandle.open(folder, O_RDONLY | O_DIRECTORY),
+            let names = try? Posix.listDirectory(handle)
+        {
+            for leftover in names where leftover.starts(with: Array((name + ".tmp-").utf8)) {
+                try? Posix.unlink(leftover, in: handle)
+            }
+        }
+        let temporary = path + ".tmp-" + Posix.randomHex(6)
+        if let handle = try? FileHandle.open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600) {
+            output = (handle, temporary)
+        }
+    }
+
+    deinit {
+        // Not saved: the snapshot failed, and the old cache stays as it was.
+        if let output { unlink(output.temporary) }
     }
 
     /// The chunks of an unchanged file, when every one of them is in the repository.
@@ -58,24 +81,41 @@ final class FilesCache {
     /// Remembers a file for the next snapshot.
     func record(_ path: String, _ status: FileStatus, chunks: [ObjectID]) {
         let recent = started - 2_000_000_000
-        guard self.path != nil, status.mtimeNanoseconds < recent, status.ctimeNanoseconds < recent else { return }
+        guard output != nil, status.mtimeNanoseconds < recent, status.ctimeNanoseconds < recent else { return }
         // size mtime ctime inode device count chunk... pathlength:path
         var line =
             "\(status.size) \(status.mtimeNanoseconds) \(status.ctimeNanoseconds) \(status.inode) \(status.device) \(chunks.count)"
         for chunk in chunks { line += " " + chunk.hex }
-        output.append(contentsOf: line.utf8)
-        output.append(contentsOf: " \(path.utf8.count):".utf8)
-        output.append(contentsOf: path.utf8)
-        output.append(0x0A)
+        pending.append(contentsOf: line.utf8)
+        pending.append(contentsOf: " \(path.utf8.count):".utf8)
+        pending.append(contentsOf: path.utf8)
+        pending.append(0x0A)
+        if pending.count >= 1 << 20 { writePending() }
+    }
+
+    private func writePending() {
+        guard let output else { return }
+        do {
+            try output.handle.writeAll(pending)
+            pending.removeAll(keepingCapacity: true)
+        } catch {
+            // The cache only saves time: without it the next snapshot reads every file.
+            unlink(output.temporary)
+            self.output = nil
+        }
     }
 
     /// Replaces the cache with what this snapshot saw; call after the snapshot is committed.
     /// Failures are ignored: the cache only saves time.
     func save() {
-        guard let path else { return }
-        let folder = String(path[..<path.lastIndex(of: "/")!])
-        try? Repository.makeDirectories(folder)
-        try? Repository.writeFileAtomically(path, output)
+        writePending()
+        guard let output, let path else { return }
+        self.output = nil
+        if (try? output.handle.sync()) == nil || (try? output.handle.close()) == nil
+            || rename(output.temporary, path) != 0
+        {
+            unlink(output.temporary)
+        }
     }
 
     private static func parse(_ bytes: [UInt8]) -> [[UInt8]: Entry] {

@@ -41,6 +41,9 @@ import Testing
         #expect(differences(try readTree(storage), try readTree(restored)).isEmpty)
 
         // Without the cache everything is read again; the result is the same.
+        // The new cache is written as the walk goes, under a temporary name renamed at the end.
+        let leftovers = try FileManager.default.subpathsOfDirectory(atPath: cache).filter { $0.contains(".tmp-") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
         try FileManager.default.removeItem(atPath: cache)
         #expect(try take()["files_unchanged"] == nil)
         #expect(try snap("--repo", repo, "check", "--read-data").status == 0)
