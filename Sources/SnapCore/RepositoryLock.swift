@@ -41,7 +41,9 @@ public final class RepositoryLock {
             guard kind == .shared, let cause = error.cause as? Errno,
                 cause.rawValue == EROFS || cause.rawValue == EACCES
             else { throw error }
-            handle = try FileHandle.open(path, O_RDONLY)
+            // A repository made by another program may have no lock file: the folder then.
+            handle =
+                try (try? FileHandle.open(path, O_RDONLY)) ?? FileHandle.open(repository.path, O_RDONLY | O_DIRECTORY)
         }
         let operation = kind == .shared ? LOCK_SH : LOCK_EX
         let started = Timestamp.now()

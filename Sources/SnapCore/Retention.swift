@@ -106,11 +106,14 @@ public struct RetentionPolicy: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// What a snapshot was taken of, as its retention group: `host H, database D, storage S`
-    /// (`no database`, `no storage` where it had none).
+    /// (`no database`, `no storage` where it had none, `imported storage` for every import).
     public static func group(of snapshot: Snapshot) -> String {
         let record = snapshot.record
         let database = record.sources.database.map { "database \($0.name)" } ?? "no database"
-        let storage = record.sources.storage.map { "storage \($0)" } ?? "no storage"
+        // An import records its archive's name as the storage source: all imports are one series.
+        let storage =
+            record.sources.storage.map { record.sources.imported == nil ? "storage \($0)" : "imported storage" }
+            ?? "no storage"
         return "host \(record.host), \(database), \(storage)"
     }
 

@@ -109,7 +109,18 @@ struct ImportCommand: ParsableCommand {
                 StandardError.write("snap: skipped \(archive): imported before as snapshot \(previous.shortID)\n")
                 continue
             }
-            let snapshot = try importer.importArchive(archive)
+            let snapshot: Snapshot
+            do {
+                snapshot = try importer.importArchive(archive)
+            } catch {
+                // The archives before this one are snapshots now: say so, and list them.
+                guard !made.isEmpty else { throw error }
+                if json { try printJSON(made) }
+                throw CommandFailure(
+                    message:
+                        "\(error); the \(made.count) archive(s) before it were imported and stay (a new import skips them)",
+                    status: ExitStatus.failure)
+            }
             made.append(SnapshotSummary(snapshot))
             if !json { print("imported \(archive) as snapshot \(snapshot.id)") }
             if snapshot.record.sources.imported?.compressedDump == true {

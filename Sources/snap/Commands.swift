@@ -503,7 +503,7 @@ struct CheckCommand: ParsableCommand {
 
     func validate() throws {
         if let readDataSubset, parsedPercent(readDataSubset) == nil {
-            throw ValidationError("--read-data-subset takes a percentage from 0 to 100, like 10 or 2.5%")
+            throw ValidationError("--read-data-subset takes a percentage above 0 and at most 100, like 10 or 2.5%")
         }
     }
 

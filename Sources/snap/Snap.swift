@@ -67,6 +67,10 @@ struct Snap: ParsableCommand {
             fail(error.description)
         } catch let error as CommandFailure {
             fail(error.message, status: error.status)
+        } catch let code as ExitCode {
+            // A command that said what it had to (a partial snapshot, a failed check) and chose
+            // its status: nothing more to print.
+            Foundation.exit(code.rawValue)
         } catch {
             let code = exitCode(for: error)
             if code == .success {

@@ -336,6 +336,23 @@ extension ArchiveTests {
             #expect(skipped.count == 3 && skipped.allSatisfy { $0.contains("skipped") }, "\(again.stderr)")
             #expect((try parseJSON(try snap("--repo", repo, "list", "--json").stdout) as? [Any])?.count == 3)
             #expect(try objectCount(repo) == objects)
+
+            // All imports are one retention series, whatever their archives' names.
+            let forget = try snap("--repo", repo, "forget", "--keep-last", "1", "--dry-run", "--json")
+            let removed = ((try parseJSON(forget.stdout) as? [String: Any])?["decision"] as? [String: Any])?["removed"]
+            #expect((removed as? [Any])?.count == 2, "\(forget.stdout)")
+
+            // A damaged archive after a good one: the good one is imported and said to be, and
+            // --json lists it.
+            try makeStorageTree(at: folder.file("work-late") + "/storage", wholeSeconds: true, bigFileSize: 1000)
+            let late = backups + "/backup_20260106_020000.tar.gz"
+            #expect(try shell("tar -czf \(shellQuoted(late)) storage", in: folder.file("work-late")).status == 0)
+            try writeFile(backups + "/backup_20260107_020000.tar.gz", Array("not gzip".utf8))
+            let partial = try snap("--repo", repo, "import", backups, "--json")
+            #expect(partial.status == 1)
+            #expect(partial.stderr.contains("1 archive(s) before it were imported"), "\(partial.stderr)")
+            let listed = try parseJSON(partial.stdout) as? [[String: Any]] ?? []
+            #expect(listed.compactMap { $0["time"] as? String } == ["2026-01-06T02:00:00Z"])
         }
     }
 }

@@ -29,6 +29,9 @@ import Testing
         #expect(try snap("--repo", repo, "check").status == 0, "structure is intact; only data is damaged")
         let check = try snap("--repo", repo, "check", "--read-data")
         #expect(check.status == 1)
+        let checkJSON = try snap("--repo", repo, "check", "--read-data", "--json")
+        #expect(checkJSON.status == 1)
+        #expect(checkJSON.stderr.isEmpty, "the JSON says it all: \(checkJSON.stderr)")
         #expect(check.stdout.contains(name), "\(check.stdout)")
         #expect(check.stdout.contains(String(id.prefix(8))))
 
@@ -113,6 +116,7 @@ import Testing
         #expect(try run(snapBinary, ["--repo", repo, "init"], asUser: user).status == 0)
         let result = try run(snapBinary, ["--repo", repo, "snapshot", "--no-db", "--storage", storage], asUser: user)
         #expect(result.status == 3, "\(result.stderr)")
+        #expect(!result.stderr.contains("invalid arguments"), "\(result.stderr)")
         #expect(result.stderr.contains("locked.txt"))
         #expect(result.stderr.contains("a-fifo"))
         let id = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)

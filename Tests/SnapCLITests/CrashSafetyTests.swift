@@ -682,6 +682,8 @@ private final class DatabaseFixture: Sendable {
             }
             withExtendedLifetime(scratch) {}
         }
+        // The layout of the contract has no lock file: a repository may come without one.
+        try FileManager.default.removeItem(atPath: repo + "/lock")
         let readOnly = try runProcess("mount", ["-o", "remount,ro,bind", mountPoint])
         try #require(readOnly.succeeded, "cannot make \(mountPoint) read-only: \(readOnly.stderr)")
 

@@ -406,6 +406,16 @@ private let retentionCases: [RetentionCase] = [
         let keptOthers = decision.kept.filter { $0.group == "host test, no database, no storage" }
         #expect(keptOthers.map(\.time) == ["2026-01-11 20:00", "2026-01-12 20:00", "2026-01-13 20:00"].map(utc))
         #expect(decision.removed.count == snapshots.count - 6)
+        // Imports record their archive's name as the storage source; they are still one series.
+        let imports = (0..<3).map { index -> Snapshot in
+            var snapshot = makeSnapshot(100 + index, utc("2026-01-0\(index + 1) 02:00"))
+            snapshot.record.sources.storage = "backup_2026010\(index + 1)_020000.tar.gz:storage/"
+            snapshot.record.sources.imported = .init(
+                file: "backup_2026010\(index + 1)_020000.tar.gz", size: 1, sha256: "", compressedDump: false)
+            return snapshot
+        }
+        #expect(Set(imports.map(RetentionPolicy.group(of:))).count == 1)
+        #expect(decide(RetentionPolicy(last: 1), imports).removed.count == 2)
         // Another host's snapshots are a group of their own too.
         #expect(
             RetentionPolicy.group(of: makeSnapshot(0, utc("2026-01-10 00:00")))
