@@ -34,9 +34,9 @@ public protocol ObjectStore: Sendable {
 /// dominated snapshot time), renames each temporary file to its final name without replacing
 /// (`renameat2` with `RENAME_NOREPLACE`; `link` then `unlink` where the filesystem lacks it, so an
 /// existing object is never rewritten) and makes the changed folders durable with a second
-/// `syncfs`. Where `syncfs` cannot be trusted (see `Durability`), each file and folder is fsynced. An object therefore never
-/// appears under its name before its bytes are on disk. `put` flushes by itself every `flushEvery` objects, so
-/// the list of pending objects stays small.
+/// `syncfs`. Where `syncfs` cannot be trusted (see `Durability`), each file and folder is
+/// fsynced. An object therefore never appears under its name before its bytes are on disk. `put`
+/// flushes by itself every `flushEvery` objects, so the list of pending objects stays small.
 public final class LocalObjectStore: ObjectStore {
     /// Leftovers of interrupted writes start with this; `list` skips them and prune removes them.
     public static let temporaryPrefix = ".tmp-"
