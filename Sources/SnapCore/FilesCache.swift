@@ -7,7 +7,9 @@ import Foundation
 /// What snap knew about each file of a storage folder at its last snapshot, kept outside the
 /// repository (`$SNAP_CACHE_DIR`, else `$XDG_CACHE_HOME/snap`, else `~/.cache/snap`): a file whose
 /// size, mtime, ctime, inode and device are unchanged is not read again; its chunks are taken from
-/// here when the repository still has every one of them. Losing the cache costs only time.
+/// here when the repository still has every one of them. Losing the cache costs only time. The
+/// previous cache is read, and the new one written, as the walk goes: memory does not grow with
+/// the number of files.
 ///
 /// ctime cannot be set by users, so a file edited and then given its old mtime back is still
 /// read. Files changed less than two seconds before the snapshot started are not remembered: a
@@ -22,7 +24,7 @@ final class FilesCache {
         var chunks: [ObjectID]
     }
 
-    private var previous: [[UInt8]: Entry] = [:]
+    private var previous: PreviousCache?
     private let path: String?
     /// The new cache, written as the walk goes (only what is not yet written is held here) to a
     /// temporary file that `save` renames into place; nil once writing it failed.
@@ -45,9 +47,7 @@ final class FilesCache {
         let name = "files-" + String(ObjectID(hashing: Array(storage.utf8)).hex.prefix(16))
         let path = join(join(base, repository.config.id), name)
         self.path = path
-        if let bytes = try? FileHandle.open(path, O_RDONLY).readAll() {
-            previous = Self.parse(bytes)
-        }
+        previous = (try? FileHandle.open(path, O_RDONLY)).map(PreviousCache.init)
         let folder = String(path[..<path.lastIndex(of: "/")!])
         try? Repository.makeDirectories(folder)
         // Left by killed runs; at worst one belongs to a run now going, which then keeps its old cache.
@@ -69,9 +69,10 @@ final class FilesCache {
         if let output { unlink(output.temporary) }
     }
 
-    /// The chunks of an unchanged file, when every one of them is in the repository.
+    /// The chunks of an unchanged file, when every one of them is in the repository. Files are
+    /// looked up in walk order (see `PreviousCache`).
     func lookup(_ path: String, _ status: FileStatus, known: (ObjectID) -> Bool) -> [ObjectID]? {
-        guard let entry = previous[Array(path.utf8)], entry.size == status.size,
+        guard let entry = previous?.entry(for: Array(path.utf8)), entry.size == status.size,
             entry.mtime == status.mtimeNanoseconds, entry.ctime == status.ctimeNanoseconds,
             entry.inode == status.inode, entry.device == status.device, entry.chunks.allSatisfy(known)
         else { return nil }
@@ -118,9 +119,18 @@ final class FilesCache {
         }
     }
 
-    private static func parse(_ bytes: [UInt8]) -> [[UInt8]: Entry] {
-        var entries: [[UInt8]: Entry] = [:]
-        var index = 0
+    enum Parsed {
+        case entry(path: [UInt8], Entry, end: Int)
+        /// The entry goes on past the bytes at hand.
+        case incomplete
+        case damaged
+    }
+
+    /// The entry that starts at `start`: `size mtime ctime inode device count chunk... length:path\n`.
+    /// Whatever the bytes hold (a damaged disk, a hand edit), nothing traps.
+    static func parseEntry(_ bytes: [UInt8], at start: Int) -> Parsed {
+        var index = start
+        var ranOut = false
         func number() -> UInt64? {
             var value: UInt64 = 0
             var digits = 0
@@ -134,36 +144,109 @@ final class FilesCache {
                 index += 1
                 digits += 1
             }
+            if index == bytes.count { ranOut = true }
             guard digits > 0 else { return nil }
             return negative ? UInt64(bitPattern: 0 &- Int64(bitPattern: value)) : value
         }
         func skip(_ byte: UInt8) -> Bool {
-            guard index < bytes.count, bytes[index] == byte else { return false }
+            guard index < bytes.count else {
+                ranOut = true
+                return false
+            }
+            guard bytes[index] == byte else { return false }
             index += 1
             return true
         }
-        while index < bytes.count {
-            guard let size = number(), skip(32), let mtime = number(), skip(32), let ctime = number(), skip(32),
-                let inode = number(), skip(32), let device = number(), skip(32), let count = number()
-            else { return entries }
-            var chunks: [ObjectID] = []
-            for _ in 0..<count {
-                guard skip(32), index + 64 <= bytes.count,
-                    let id = ObjectID(hex: String(decoding: bytes[index..<index + 64], as: UTF8.self))
-                else { return entries }
-                chunks.append(id)
-                index += 64
+        func result(_ parsed: Parsed) -> Parsed { ranOut ? .incomplete : parsed }
+        guard let size = number(), skip(32), let mtime = number(), skip(32), let ctime = number(), skip(32),
+            let inode = number(), skip(32), let device = number(), skip(32), let count = number()
+        else { return result(.damaged) }
+        // No chunk is smaller than 64 bytes (ChunkerParameters.validate), so a count can be checked.
+        guard count <= size / 64 + 1 else { return .damaged }
+        var chunks: [ObjectID] = []
+        for _ in 0..<count {
+            guard skip(32) else { return result(.damaged) }
+            guard index + 64 <= bytes.count else { return .incomplete }
+            guard let id = ObjectID(hex: String(decoding: bytes[index..<index + 64], as: UTF8.self)) else {
+                return .damaged
             }
-            // Whatever the file holds (a damaged disk, a hand edit), no length may trap.
-            guard skip(32), let length = number(), skip(UInt8(ascii: ":")), length < UInt64(bytes.count - index)
-            else { return entries }
-            let name = Array(bytes[index..<index + Int(length)])
-            index += Int(length)
-            guard skip(0x0A) else { return entries }
-            entries[name] = Entry(
-                size: size, mtime: Int64(bitPattern: mtime), ctime: Int64(bitPattern: ctime), inode: inode,
-                device: device, chunks: chunks)
+            chunks.append(id)
+            index += 64
         }
-        return entries
+        guard skip(32), let length = number(), skip(UInt8(ascii: ":")) else { return result(.damaged) }
+        guard length < UInt64(bytes.count - index) else { return length > 1 << 20 ? .damaged : .incomplete }
+        let name = Array(bytes[index..<index + Int(length)])
+        index += Int(length)
+        guard skip(0x0A) else { return result(.damaged) }
+        let entry = Entry(
+            size: size, mtime: Int64(bitPattern: mtime), ctime: Int64(bitPattern: ctime), inode: inode,
+            device: device, chunks: chunks)
+        return .entry(path: name, entry, end: index)
+    }
+
+    /// The previous cache, read in step with the walk instead of held whole: both list files in
+    /// walk order (each folder's names sorted by bytes, a folder's content right after its name),
+    /// so a lookup only ever moves forward.
+    final class PreviousCache {
+        private let handle: FileHandle
+        private var bytes: [UInt8] = []
+        private var index = 0
+        private var atEnd = false
+        private var next: (path: [UInt8], entry: Entry)?
+
+        init(_ handle: FileHandle) {
+            self.handle = handle
+            advance()
+        }
+
+        /// The entry for `path`, passing over those of files that are gone.
+        func entry(for path: [UInt8]) -> Entry? {
+            while let next, Self.walkOrder(next.path, precedes: path) { advance() }
+            guard let next, next.path == path else { return nil }
+            advance()
+            return next.entry
+        }
+
+        /// Paths compared component by component, as the walk visits them: a `/` sorts before
+        /// every byte a name can hold, so `a/b` comes before `a-b` and `ab`.
+        static func walkOrder(_ a: [UInt8], precedes b: [UInt8]) -> Bool {
+            for (x, y) in zip(a, b) where x != y {
+                if x == UInt8(ascii: "/") { return true }
+                if y == UInt8(ascii: "/") { return false }
+                return x < y
+            }
+            return a.count < b.count
+        }
+
+        private func advance() {
+            next = nil
+            while true {
+                switch FilesCache.parseEntry(bytes, at: index) {
+                case .entry(let path, let entry, let end):
+                    index = end
+                    next = (path, entry)
+                    return
+                case .damaged:
+                    return  // the rest of the cache is not used
+                case .incomplete:
+                    guard refill() else { return }
+                }
+            }
+        }
+
+        /// Drops what was parsed and reads up to 1 MiB more; false at the end of the file.
+        private func refill() -> Bool {
+            guard !atEnd else { return false }
+            bytes.removeFirst(index)
+            index = 0
+            var chunk = [UInt8](repeating: 0, count: 1 << 20)
+            let count = (try? chunk.withUnsafeMutableBytes { try handle.read(into: $0) }) ?? 0
+            if count == 0 {
+                atEnd = true
+                return false
+            }
+            bytes += chunk[0..<count]
+            return true
+        }
     }
 }

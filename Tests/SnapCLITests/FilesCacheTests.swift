@@ -49,6 +49,39 @@ import Testing
         #expect(try snap("--repo", repo, "check", "--read-data").status == 0)
     }
 
+    /// The previous cache is read in step with the walk: names that sort around '/' ("a-b", "a/b",
+    /// "ab"), deep folders, files gone and files added since all find their entries.
+    @Test func theCacheIsReadInStepWithTheWalk() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
+        let old: Int64 = 1_600_000_000_000_000_000
+        let names = [
+            "a-b", "a/b", "a/c/d", "a0", "ab", "b!", "b/ä", "b/z", "c/d/e/f/g", "c/d-e", "c/de", "z",
+        ]
+        for (index, name) in names.enumerated() {
+            let path = storage + "/" + name
+            try FileManager.default.createDirectory(
+                atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try writeFile(path, Array("file \(index)".utf8), mtime: old)
+        }
+        for gone in ["a/x", "c/d/e/z"] { try writeFile(storage + "/" + gone + ".gone", [1], mtime: old) }
+        sleep(3)
+        let environment = ["SNAP_CACHE_DIR": folder.file("cache")]
+        func unchanged() throws -> Int? {
+            let result = try snap(
+                "--repo", repo, "snapshot", "--no-db", "--storage", storage, "--json", environment: environment)
+            #expect(result.status == 0, "\(result.stderr)")
+            let totals = (try parseJSON(result.stdout) as? [String: Any])?["totals"] as? [String: Any]
+            return totals?["files_unchanged"] as? Int
+        }
+        try snap("--repo", repo, "init")
+        #expect(try unchanged() == nil)
+        for gone in ["a/x", "c/d/e/z"] { try FileManager.default.removeItem(atPath: storage + "/" + gone + ".gone") }
+        for added in ["a/bb", "aa", "c/d/a"] { try writeFile(storage + "/" + added, [2], mtime: old) }
+        #expect(try unchanged() == names.count)
+    }
+
     /// Whatever the cache file holds, a snapshot goes on as if there were none.
     @Test func aDamagedCacheCostsOnlyTime() throws {
         let folder = try TemporaryDirectory()
