@@ -65,9 +65,20 @@ public final class LocalObjectStore: ObjectStore {
 
     /// Filesystems whose `syncfs` commits everything written before it (statfs magic numbers):
     /// ext2/3/4, XFS, Btrfs, F2FS, ZFS, overlayfs (syncs its upper layer), tmpfs (nothing to sync).
+    /// Trusted only on kernels whose `syncfs` reports write errors (`syncfsReportsErrors`).
     static let syncfsFileSystems: Set<Int> = [
         0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010, 0x2FC1_2FC1, 0x794C_7630, 0x0102_1994,
     ]
+
+    /// `syncfs` reports a failed writeback only from Linux 5.8 on; before, it returns 0 regardless.
+    static let syncfsReportsErrors: Bool = {
+        var names = utsname()
+        guard uname(&names) == 0 else { return false }
+        let release = withUnsafeBytes(of: names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        guard numbers.count == 2 else { return false }
+        return (numbers[0], numbers[1]) >= (5, 8)
+    }()
 
     /// The filesystems where this store trusts `syncfs`; tests narrow it to reach the `fsync` path.
     let syncfsFileSystems: Set<Int>
@@ -211,7 +222,7 @@ public final class LocalObjectStore: ObjectStore {
             if case .undecided = state {
                 let type = snap_filesystem_type(root)
                 state =
-                    syncfsFileSystems.contains(type)
+                    syncfsFileSystems.contains(type) && Self.syncfsReportsErrors
                     ? .wholeFileSystem(try FileHandle.open(root, O_RDONLY | O_DIRECTORY)) : .eachFile
             }
             if case .wholeFileSystem(let handle) = state { return handle }

@@ -159,7 +159,8 @@ enum Posix {
     }
 
     /// The absolute path `path` names, symlinks resolved as far as it exists (a missing tail is
-    /// appended as written); nil when not even the working folder resolves.
+    /// appended as written); nil when not even the working folder resolves, or when the missing
+    /// tail holds `.` or `..`, which only the filesystem could resolve once it exists.
     static func resolvedPath(_ path: String) -> String? {
         var head = path.isEmpty ? "." : path
         var tail: [Substring] = []
@@ -171,11 +172,13 @@ enum Posix {
             }
             guard errno == ENOENT else { return nil }
             guard let slash = head.lastIndex(of: "/") else {
+                if head == "." || head == ".." { return nil }
                 tail.append(Substring(head))
                 head = "."
                 continue
             }
             let last = head[head.index(after: slash)...]
+            if last == "." || last == ".." { return nil }
             if !last.isEmpty { tail.append(last) }
             head = slash == head.startIndex ? "/" : String(head[..<slash])
         }

@@ -166,10 +166,16 @@ public final class Restorer {
     /// Refuses a target that is not a folder, or a non-empty one unless `clean`, or one that holds
     /// the repository or lies inside it (a `--clean` restore would delete the repository).
     private func checkTarget() throws {
-        if let repositoryPath = Posix.resolvedPath(repository.path), let targetPath = Posix.resolvedPath(target),
-            targetPath == repositoryPath
-                || repositoryPath.hasPrefix(targetPath.hasSuffix("/") ? targetPath : targetPath + "/")
-                || targetPath.hasPrefix(repositoryPath + "/")
+        guard let repositoryPath = Posix.resolvedPath(repository.path), let targetPath = Posix.resolvedPath(target)
+        else {
+            throw SnapError(
+                .invalidInput,
+                "cannot tell where restore target \(target) lies (a '..' below a folder that does not exist yet?); name the folder plainly"
+            )
+        }
+        if targetPath == repositoryPath
+            || repositoryPath.hasPrefix(targetPath.hasSuffix("/") ? targetPath : targetPath + "/")
+            || targetPath.hasPrefix(repositoryPath + "/")
         {
             throw SnapError(
                 .invalidInput,

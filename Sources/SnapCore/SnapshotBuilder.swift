@@ -75,6 +75,9 @@ public final class SnapshotBuilder {
     /// or `onWarning`, but from either reading thread.
     public var onProgress: (SnapshotProgress) -> Void = { _ in }
     private var reporter = Reporter()
+    /// The problems the last run met (files it could not read, ...), also those the record does
+    /// not list past its first thousand.
+    public var problemCount: Int { reporter.count }
     /// Set when the snapshot is abandoned: the storage walk stops at its next entry.
     private let cancelled = Atomic<Bool>(false)
 
@@ -402,6 +405,9 @@ private final class Reporter: @unchecked Sendable {
     /// unreadable files must not make a record every `snap list` reads of a hundred megabytes.
     static let recordedLimit = 1000
     private var unrecorded = 0
+
+    /// Every problem met, listed in the record or not.
+    var count: Int { lock.withLock { warnings.count + unrecorded } }
 
     var errors: [String] {
         lock.withLock {

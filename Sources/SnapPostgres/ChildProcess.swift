@@ -231,6 +231,11 @@ final class ChildProcess {
         closeInput()
         closeOutput()
         while errorFD >= 0 { drainError() }
+        // Wait without reaping, forget the pid, then reap: a pid that is reaped can be reused at
+        // once, and the signal handler must never kill a stranger.
+        var info = siginfo_t()
+        while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR {}
+        RunningChildren.remove(pid)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 {
             if errno != EINTR {
@@ -286,14 +291,27 @@ public enum RunningChildren {
         }
     }
 
+    /// `deferred[0]`: how deep in `deferringTerminationSignals` we are; `deferred[1]`: a signal
+    /// that came meanwhile.
+    nonisolated(unsafe) fileprivate static let deferred: UnsafeMutablePointer<Int32> = {
+        let deferred = UnsafeMutablePointer<Int32>.allocate(capacity: 2)
+        deferred.initialize(repeating: 0, count: 2)
+        return deferred
+    }()
+
     /// Makes SIGTERM, SIGINT and SIGHUP go on to every running child, then end snap as they
-    /// would have. Call once, at startup.
+    /// would have. A signal snap was started to ignore (`nohup`) stays ignored. Call once, at
+    /// startup.
     public static func forwardTerminationSignals() {
-        _ = slots  // initialized here, never first inside the handler
+        _ = (slots, deferred)  // initialized here, never first inside the handler
         var unblocked = sigset_t()
         sigemptyset(&unblocked)
         for signal in [SIGTERM, SIGINT, SIGHUP] {
-            Glibc.signal(signal, forwardToChildren)
+            let previous = Glibc.signal(signal, forwardToChildren)
+            if let previous, unsafeBitCast(previous, to: Int.self) == unsafeBitCast(SIG_IGN, to: Int.self) {
+                Glibc.signal(signal, SIG_IGN)
+                continue
+            }
             sigaddset(&unblocked, signal)
         }
         // A parent may have left them blocked (threads inherit the mask): they must reach us.
@@ -301,7 +319,24 @@ public enum RunningChildren {
     }
 }
 
+extension RunningChildren {
+    /// Runs `body` with termination signals held until it returns: steps that must not be cut in
+    /// two (drop a database, rename its replacement into place) finish, then the signal acts.
+    static func deferringTerminationSignals<T>(_ body: () throws -> T) rethrows -> T {
+        deferred[0] += 1
+        defer {
+            deferred[0] -= 1
+            if deferred[0] == 0, deferred[1] != 0 { forwardToChildren(deferred[1]) }
+        }
+        return try body()
+    }
+}
+
 private func forwardToChildren(_ signal: Int32) {
+    if RunningChildren.deferred[0] > 0 {
+        RunningChildren.deferred[1] = signal
+        return
+    }
     for index in 0..<RunningChildren.capacity {
         let pid = RunningChildren.slots[index]
         if pid > 0 { kill(pid, signal) }

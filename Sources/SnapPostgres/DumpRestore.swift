@@ -81,6 +81,8 @@ public final class DumpRestore {
     public let options: RestoreOptions
     /// The connection to the target database (replaced by `recreateDatabase()`).
     public private(set) var connection: PostgresConnection
+    /// The connection limit of a recreated database, set back once the dump is loaded.
+    private var connectionLimit: Int?
 
     /// The target database's name.
     public var database: String { connection.database }
@@ -136,9 +138,25 @@ public final class DumpRestore {
         }
     }
 
-    /// Checks, before anything is changed, that pg_restore is there and can read the dump: a
-    /// pg_restore older than the pg_dump that made it cannot.
-    public func preflight() throws {
+    /// Checks, before anything is changed, that pg_restore is there and can read the dump (a
+    /// pg_restore older than the pg_dump that made it cannot), and, with `recreating`, that the
+    /// role may drop the target and create it again with its owner: the storage folder is
+    /// restored alongside, so a refusal must come before either starts.
+    public func preflight(recreating: Bool = false) throws {
+        if recreating {
+            let allowed = try? connection.query(
+                """
+                SELECT r.rolsuper OR (r.rolcreatedb AND pg_has_role(current_user, d.datdba, 'MEMBER'))
+                FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()
+                """
+            ).first?.first
+            guard allowed == "t" else {
+                throw PostgresError(
+                    .recreate,
+                    "--clean drops and creates \(target) again, and role \"\(connection.user)\" may not (it needs CREATEDB and membership in the database owner's role); nothing was changed"
+                )
+            }
+        }
         let tool = try restoreTool()
         guard let facts = options.dumpFacts, let made = PostgresTools.parseVersionNumber(facts.pgDumpVersion),
             PostgresTools.majorKey(tool.versionNumber) < PostgresTools.majorKey(made)
@@ -203,6 +221,7 @@ public final class DumpRestore {
         }
         // The name the server gives, not the one asked for (a pooler may map an alias).
         let name = settings[6] ?? connection.database
+        connectionLimit = settings[8].flatMap { Int($0) }.flatMap { $0 == -1 ? nil : $0 }
 
         let maintenanceName = name == "postgres" ? "template1" : "postgres"
         let maintenance: PostgresConnection
@@ -244,32 +263,38 @@ public final class DumpRestore {
         if let tablespace = settings[7], tablespace != "pg_default" {
             create += " TABLESPACE \(maintenance.quoteIdentifier(tablespace))"
         }
-        if let limit = settings[8], limit != "-1" { create += " CONNECTION LIMIT \(Int(limit) ?? -1)" }
         if let owner = settings[3] { create += " OWNER \(maintenance.quoteIdentifier(owner))" }
         let drop = "DROP DATABASE IF EXISTS \(quotedName)" + (version >= 130_000 ? " WITH (FORCE)" : "")
-        do {
-            try maintenance.execute(create)
-        } catch {
-            throw PostgresError(
-                .recreate,
-                "cannot create the database that replaces \"\(name)\" at \(location) (the role needs CREATEDB, and membership in the owner's role); nothing was changed",
-                cause: error)
-        }
-        do {
-            try maintenance.execute(drop)
-        } catch {
-            try? maintenance.execute("DROP DATABASE IF EXISTS \(quotedReplacement)")
-            throw PostgresError(
-                .recreate, "cannot drop database \"\(name)\" at \(location) to replace it; nothing was changed",
-                cause: error)
-        }
-        do {
-            try maintenance.execute("ALTER DATABASE \(quotedReplacement) RENAME TO \(quotedName)")
-        } catch {
-            throw PostgresError(
-                .recreate,
-                "database \"\(name)\" was dropped but its empty replacement \"\(replacement)\" could not be renamed; run ALTER DATABASE \(quotedReplacement) RENAME TO \(quotedName), then restore again",
-                cause: error)
+        // Stopping snap between the drop and the rename would leave the target missing.
+        try RunningChildren.deferringTerminationSignals {
+            do {
+                try maintenance.execute(create)
+            } catch {
+                throw PostgresError(
+                    .recreate,
+                    "cannot create the database that replaces \"\(name)\" at \(location) (the role needs CREATEDB, and membership in the owner's role); nothing was changed",
+                    cause: error)
+            }
+            do {
+                try maintenance.execute(drop)
+            } catch {
+                let cleaned = (try? maintenance.execute("DROP DATABASE IF EXISTS \(quotedReplacement)")) != nil
+                throw PostgresError(
+                    .recreate,
+                    "cannot drop database \"\(name)\" at \(location) to replace it; "
+                        + (cleaned
+                            ? "nothing was changed"
+                            : "it is unchanged, but the empty database \"\(replacement)\" was left: drop it"),
+                    cause: error)
+            }
+            do {
+                try maintenance.execute("ALTER DATABASE \(quotedReplacement) RENAME TO \(quotedName)")
+            } catch {
+                throw PostgresError(
+                    .recreate,
+                    "database \"\(name)\" was dropped but its empty replacement \"\(replacement)\" could not be renamed; run ALTER DATABASE \(quotedReplacement) RENAME TO \(quotedName), then restore again",
+                    cause: error)
+            }
         }
         do {
             connection = try maintenance.connect(toDatabase: name, applicationName: options.applicationName)
@@ -339,8 +364,22 @@ public final class DumpRestore {
         process.closeInput()
         try check(process.wait(), stderr: process.errorText, tool: tool)
         var summary = try analyze()
+        try restoreConnectionLimit()
         summary.notes = notes
         return summary
+    }
+
+    /// The recreated database's connection limit goes back on last: set at CREATE, a limit of 0
+    /// or below the jobs would have refused pg_restore's own sessions.
+    private func restoreConnectionLimit() throws {
+        guard let limit = connectionLimit else { return }
+        do {
+            try connection.execute(
+                "ALTER DATABASE \(connection.quoteIdentifier(connection.database)) CONNECTION LIMIT \(limit)")
+        } catch {
+            throw PostgresError(
+                .analyze, "restored, but the connection limit \(limit) of \(target) was not set back", cause: error)
+        }
     }
 
     private var spoolFolder: String {
@@ -371,6 +410,7 @@ public final class DumpRestore {
             input: .none, captureOutput: false, errorLimit: options.stderrLimit)
         try check(process.wait(), stderr: process.errorText, tool: tool)
         var summary = try analyze()
+        try restoreConnectionLimit()
         summary.jobs = max(1, options.jobs)
         return summary
     }

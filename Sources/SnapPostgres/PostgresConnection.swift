@@ -309,6 +309,18 @@ public final class PostgresConnection {
         PQconninfoFree(options)
     }
 
+    /// Whether `conninfo` itself names a database (or a service, which may): a plain name, a
+    /// `dbname` key, or a URI with a path. Otherwise libpq's environment and defaults decide.
+    public static func namesDatabase(_ conninfo: String) -> Bool {
+        let isURI = conninfo.hasPrefix("postgresql://") || conninfo.hasPrefix("postgres://")
+        guard isURI || conninfo.contains("=") else { return !conninfo.isEmpty }
+        guard let options = PQconninfoParse(conninfo, nil) else { return false }
+        defer { PQconninfoFree(options) }
+        return readOptions(options).contains {
+            ($0.keyword == "dbname" || $0.keyword == "service") && !($0.value ?? "").isEmpty
+        }
+    }
+
     /// The one-line error for a failed connection: where, which database and user, and the reason.
     private static func connectionError(_ connection: OpaquePointer) -> PostgresError {
         var options: [ConninfoOption] = []

@@ -167,7 +167,7 @@ struct SnapshotCommand: ParsableCommand {
         }
         if !snapshot.record.errors.isEmpty {
             StandardError.write(
-                "snap: snapshot \(snapshot.shortID) was recorded, but \(snapshot.record.errors.count) item(s) could not be read (see `snap show \(snapshot.shortID)`)\n"
+                "snap: snapshot \(snapshot.shortID) was recorded with \(builder.problemCount) problem(s), named above (see `snap show \(snapshot.shortID)`)\n"
             )
             throw ExitCode(ExitStatus.partialSnapshot)
         }
@@ -401,7 +401,7 @@ struct RestoreCommand: ParsableCommand {
         // libpq's default database is the user's name (often "postgres"): --clean drops what it
         // names, so that must be a choice.
         let environment = ProcessInfo.processInfo.environment
-        if restoreDatabase && clean && db == nil
+        if restoreDatabase && clean && !(db.map(PostgresConnection.namesDatabase) ?? false)
             && [environment["PGDATABASE"], environment["PGSERVICE"]].allSatisfy({ $0?.isEmpty ?? true })
         {
             throw CommandFailure(
@@ -461,7 +461,7 @@ struct RestoreCommand: ParsableCommand {
             )
         }
         let target = try DumpRestore(conninfo: db, options: options)
-        try target.preflight()
+        try target.preflight(recreating: clean)
         if !clean { try target.requireEmpty() }
         return {
             if clean { try target.recreateDatabase() }

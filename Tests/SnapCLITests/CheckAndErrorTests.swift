@@ -143,6 +143,7 @@ import Testing
         let result = try snap("--repo", folder.file("repo"), "snapshot", "--no-db", "--storage", storage, "--json")
         #expect(result.status == 3)
         #expect(result.stderr.components(separatedBy: "fifo-").count - 1 == 1005)
+        #expect(result.stderr.contains("recorded with 1005 problem(s)"), "\(result.stderr.suffix(300))")
         let id = (try parseJSON(result.stdout) as? [String: Any])?["id"] as? String ?? ""
         let shown =
             try parseJSON(try snap("--repo", folder.file("repo"), "show", id, "--json").stdout) as? [String: Any]

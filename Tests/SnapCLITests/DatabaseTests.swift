@@ -155,10 +155,13 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         #expect(try cluster.psql("SELECT x FROM kept", database: target) == "42")
         #expect(try cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'snap_restore_%'") == "0")
 
-        let unnamed = try snap(
-            "--repo", repo, "restore", "latest", "--clean", environment: ["PGDATABASE": "", "PGSERVICE": ""])
-        #expect(unnamed.status == 2)
-        #expect(unnamed.stderr.contains("--db"), "\(unnamed.stderr)")
+        for db in [nil, "", "host=\(cluster.socketDirectory) user=\(role)", "postgresql://\(role)@localhost"] {
+            let unnamed = try snap(
+                ["--repo", repo, "restore", "latest", "--clean"] + (db.map { ["--db", $0] } ?? []),
+                environment: ["PGDATABASE": "", "PGSERVICE": ""])
+            #expect(unnamed.status == 2, "\(db ?? "no --db"): \(unnamed.stderr)")
+            #expect(unnamed.stderr.contains("--db"), "\(unnamed.stderr)")
+        }
     }
 
     @Test func databaseAndStorageTogether() throws {
@@ -300,14 +303,49 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
         #expect(process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGTERM)
+        // Gone, or a zombie waiting for whoever inherited it to reap it: either way it stopped.
+        func stopped() -> Bool {
+            guard let stat = try? String(contentsOfFile: "/proc/\(childPID)/stat", encoding: .utf8) else { return true }
+            return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
+        }
         var gone = false
         for _ in 0..<40 where !gone {
-            gone = kill(childPID, 0) != 0
+            gone = stopped()
             if !gone { usleep(50_000) }
         }
         #expect(gone, "pg_dump (pid \(childPID)) outlived snap")
         if !gone { kill(childPID, SIGKILL) }
         #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
+    }
+
+    /// A signal snap was started to ignore (`nohup`) stays ignored.
+    @Test func anIgnoredHangupStaysIgnored() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let hook = folder.file("pg_dump")
+        let realDump = cluster.binDirectory + "/pg_dump"
+        try writeFile(
+            hook,
+            Array("#!/bin/sh\ncase \"$1\" in --version) exec \(realDump) \"$@\";; esac\nexec sleep 2\n".utf8),
+            mode: 0o755)
+        try snap("--repo", repo, "init")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = [
+            "-c", "trap '' HUP; exec \"$0\" \"$@\"", snapBinary, "--repo", repo, "snapshot", "--db",
+            cluster.conninfo(database: "postgres"),
+        ]
+        var environment = ProcessInfo.processInfo.environment
+        environment["SNAP_TEST_PG_DUMP"] = hook
+        process.environment = environment
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        usleep(700_000)
+        kill(process.processIdentifier, SIGHUP)
+        process.waitUntilExit()
+        // Not killed: it ran on until pg_dump ended without output, and failed for that.
+        #expect(process.terminationReason == .exit && process.terminationStatus == 1)
     }
 
     @Test func passwordNeverReachesTheRecordOrTheCommandLine() throws {
