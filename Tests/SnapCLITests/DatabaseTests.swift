@@ -268,29 +268,41 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         }
     }
 
-    /// A SIGTERM sent to snap alone (systemd, a timeout, `kill PID`) stops its pg_dump too, and
-    /// records nothing.
-    @Test func terminatingSnapStopsItsChild() throws {
-        let folder = try TemporaryDirectory()
-        let repo = folder.file("repo")
-        let pidFile = folder.file("child.pid")
+    /// Starts `snap snapshot` of the postgres database in a new repository in `folder`, its
+    /// pg_dump replaced by a script that answers `--version` and then runs `then` (shell); with
+    /// `ignoringHangup`, started the way `nohup` starts it.
+    private func startSnapshot(in folder: TemporaryDirectory, pgDumpThen then: String, ignoringHangup: Bool = false)
+        throws -> Process
+    {
         let hook = folder.file("pg_dump")
-        let realDump = cluster.binDirectory + "/pg_dump"
         try writeFile(
             hook,
             Array(
-                "#!/bin/sh\ncase \"$1\" in --version) exec \(realDump) \"$@\";; esac\necho $$ > \(pidFile)\nexec sleep 60\n"
-                    .utf8), mode: 0o755)
-        try snap("--repo", repo, "init")
+                "#!/bin/sh\ncase \"$1\" in --version) exec \(cluster.binDirectory)/pg_dump \"$@\";; esac\n\(then)\n"
+                    .utf8),
+            mode: 0o755)
+        try snap("--repo", folder.file("repo"), "init")
+        let arguments = ["--repo", folder.file("repo"), "snapshot", "--db", cluster.conninfo(database: "postgres")]
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: snapBinary)
-        process.arguments = ["--repo", repo, "snapshot", "--db", cluster.conninfo(database: "postgres")]
+        process.executableURL = URL(fileURLWithPath: ignoringHangup ? "/bin/sh" : snapBinary)
+        process.arguments =
+            ignoringHangup ? ["-c", "trap '' HUP; exec \"$0\" \"$@\"", snapBinary] + arguments : arguments
         var environment = ProcessInfo.processInfo.environment
         environment["SNAP_TEST_PG_DUMP"] = hook
         process.environment = environment
         process.standardError = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         try process.run()
+        return process
+    }
+
+    /// A SIGTERM sent to snap alone (systemd, a timeout, `kill PID`) stops its pg_dump too, and
+    /// records nothing.
+    @Test func terminatingSnapStopsItsChild() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let pidFile = folder.file("child.pid")
+        let process = try startSnapshot(in: folder, pgDumpThen: "echo $$ > \(pidFile)\nexec sleep 60")
         var childPID: pid_t = 0
         for _ in 0..<100 where childPID == 0 {
             usleep(50_000)
@@ -321,31 +333,15 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     /// A signal snap was started to ignore (`nohup`) stays ignored.
     @Test func anIgnoredHangupStaysIgnored() throws {
         let folder = try TemporaryDirectory()
-        let repo = folder.file("repo")
-        let hook = folder.file("pg_dump")
-        let realDump = cluster.binDirectory + "/pg_dump"
-        try writeFile(
-            hook,
-            Array("#!/bin/sh\ncase \"$1\" in --version) exec \(realDump) \"$@\";; esac\nexec sleep 2\n".utf8),
-            mode: 0o755)
-        try snap("--repo", repo, "init")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = [
-            "-c", "trap '' HUP; exec \"$0\" \"$@\"", snapBinary, "--repo", repo, "snapshot", "--db",
-            cluster.conninfo(database: "postgres"),
-        ]
-        var environment = ProcessInfo.processInfo.environment
-        environment["SNAP_TEST_PG_DUMP"] = hook
-        process.environment = environment
-        process.standardError = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        let started = Date()
+        let process = try startSnapshot(in: folder, pgDumpThen: "exec sleep 2", ignoringHangup: true)
         usleep(700_000)
         kill(process.processIdentifier, SIGHUP)
         process.waitUntilExit()
         // Not killed: it ran on until pg_dump ended without output, and failed for that.
         #expect(process.terminationReason == .exit && process.terminationStatus == 1)
+        #expect(Date().timeIntervalSince(started) >= 2)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.file("repo/snapshots")).isEmpty)
     }
 
     @Test func passwordNeverReachesTheRecordOrTheCommandLine() throws {
