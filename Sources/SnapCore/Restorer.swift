@@ -60,6 +60,7 @@ public final class Restorer {
         try prepare()
         let reader = ManifestReader(repository: repository)
         let root = try prepareTarget()
+        try refuseIfRepository(root)
         if clean { try removeExtras(in: root, prefix: [], expected: expected ?? [:]) }
 
         var directories: [(path: String, mode: UInt32, mtime: Int64)] = []
@@ -216,9 +217,9 @@ public final class Restorer {
                 }
             if let kind, expected[path] == kind {
                 if kind == .directory {
-                    try removeExtras(
-                        in: try FileHandle.open(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory),
-                        prefix: path, expected: expected)
+                    let child = try FileHandle.open(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory)
+                    try refuseIfRepository(child)
+                    try removeExtras(in: child, prefix: path, expected: expected)
                 }
                 continue
             }
@@ -229,6 +230,7 @@ public final class Restorer {
     private func removeTree(_ name: [UInt8], in directory: FileHandle, kind: FileStatus.Kind) throws {
         if kind == .directory {
             let child = try FileHandle.open(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory)
+            try refuseIfRepository(child)
             for inner in try Posix.listDirectory(child) {
                 guard let status = try Posix.status(inner, in: child) else { continue }
                 try removeTree(inner, in: child, kind: status.kind)
@@ -238,6 +240,29 @@ public final class Restorer {
             try Posix.unlink(name, in: directory)
         }
         statistics.removed += 1
+    }
+
+    /// The repository's folder and every folder above it, by device and inode: what a restore
+    /// must never write into or remove, however it is reached (a symlink, a bind mount).
+    private lazy var repositoryLineage: Set<[UInt64]> = {
+        var lineage = Set<[UInt64]>()
+        guard var current = try? FileHandle.open(repository.path, O_RDONLY | O_DIRECTORY) else { return lineage }
+        while let status = try? current.status(), lineage.insert([status.device, status.inode]).inserted,
+            let parent = try? FileHandle.open("..", O_RDONLY | O_DIRECTORY, at: current)
+        {
+            current = parent
+        }
+        return lineage
+    }()
+
+    /// Refuses a folder of the target that is the repository or holds it (a bind mount of it, say).
+    private func refuseIfRepository(_ folder: FileHandle) throws {
+        let status = try folder.status()
+        guard repositoryLineage.contains([status.device, status.inode]) else { return }
+        throw SnapError(
+            .invalidInput,
+            "restore target \(target) reaches the repository \(repository.path) through \(folder.path) (a bind mount?); restore to a folder outside the repository"
+        )
     }
 
     // MARK: Writing

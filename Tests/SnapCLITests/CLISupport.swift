@@ -1,6 +1,7 @@
 import Foundation
 import SnapCore
 import SnapTestSupport
+import Testing
 
 #if canImport(Glibc)
     import Glibc
@@ -166,4 +167,23 @@ func objectCount(_ repository: String) throws -> Int {
 
 func parseJSON(_ text: String) throws -> Any {
     try JSONSerialization.jsonObject(with: Data(text.utf8))
+}
+
+/// Bind-mounts `source` at `mountPoint` (read-only with `readOnly`) for the time of `body`, then
+/// unmounts it, lazily if it is still busy. Needs root.
+func withBindMount<T>(_ source: String, at mountPoint: String, readOnly: Bool = false, _ body: () throws -> T)
+    throws -> T
+{
+    let bind = try runProcess("mount", ["--bind", source, mountPoint])
+    try #require(bind.succeeded, "cannot bind-mount \(source) at \(mountPoint): \(bind.stderr)")
+    defer {
+        if (try? runProcess("umount", [mountPoint]))?.succeeded != true {
+            _ = try? runProcess("umount", ["-l", mountPoint])
+        }
+    }
+    if readOnly {
+        let remount = try runProcess("mount", ["-o", "remount,ro,bind", mountPoint])
+        try #require(remount.succeeded, "cannot make \(mountPoint) read-only: \(remount.stderr)")
+    }
+    return try body()
 }

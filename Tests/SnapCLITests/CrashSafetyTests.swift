@@ -674,29 +674,21 @@ private final class DatabaseFixture: Sendable {
         expectExit(try crashSnap(["--repo", repo, "snapshot", "--no-db", "--storage", source]), 0, "snapshot")
         let mountPoint = scratch.file("offsite")
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        let bind = try runProcess("mount", ["--bind", repo, mountPoint])
-        try #require(bind.succeeded, "cannot bind-mount \(repo): \(bind.stderr)")
-        defer {
-            if (try? runProcess("umount", [mountPoint]))?.succeeded != true {
-                _ = try? runProcess("umount", ["-l", mountPoint])
-            }
-            withExtendedLifetime(scratch) {}
-        }
+        defer { withExtendedLifetime(scratch) {} }
         // The layout of the contract has no lock file: a repository may come without one.
         try FileManager.default.removeItem(atPath: repo + "/lock")
-        let readOnly = try runProcess("mount", ["-o", "remount,ro,bind", mountPoint])
-        try #require(readOnly.succeeded, "cannot make \(mountPoint) read-only: \(readOnly.stderr)")
-
-        expectExit(try crashSnap(["--repo", mountPoint, "list"]), 0, "list")
-        expectExit(try crashSnap(["--repo", mountPoint, "check", "--read-data"]), 0, "check")
-        let restored = scratch.file("restored")
-        expectExit(
-            try crashSnap(["--repo", mountPoint, "restore", "latest", "--no-db", "--storage-to", restored]), 0,
-            "restore")
-        #expect(differences(try readTree(source), try readTree(restored)).isEmpty)
-        let refused = try crashSnap(["--repo", mountPoint, "snapshot", "--no-db", "--storage", source])
-        #expect(refused.status != 0)
-        #expect(stderrLines(refused).count == 1, "expected one line on stderr, got: \(refused.stderr)")
+        try withBindMount(repo, at: mountPoint, readOnly: true) {
+            expectExit(try crashSnap(["--repo", mountPoint, "list"]), 0, "list")
+            expectExit(try crashSnap(["--repo", mountPoint, "check", "--read-data"]), 0, "check")
+            let restored = scratch.file("restored")
+            expectExit(
+                try crashSnap(["--repo", mountPoint, "restore", "latest", "--no-db", "--storage-to", restored]), 0,
+                "restore")
+            #expect(differences(try readTree(source), try readTree(restored)).isEmpty)
+            let refused = try crashSnap(["--repo", mountPoint, "snapshot", "--no-db", "--storage", source])
+            #expect(refused.status != 0)
+            #expect(stderrLines(refused).count == 1, "expected one line on stderr, got: \(refused.stderr)")
+        }
         #expect(crashRecordIDs(repo).count == 1)
     }
 }

@@ -131,15 +131,10 @@ import Testing
         let storage = folder.file("storage")
         try FileManager.default.createDirectory(atPath: storage + "/sub/loop", withIntermediateDirectories: true)
         try writeFile(storage + "/sub/file.txt", Array("x".utf8))
-        let bind = try runProcess("mount", ["--bind", storage, storage + "/sub/loop"])
-        try #require(bind.succeeded, "cannot bind-mount \(storage): \(bind.stderr)")
-        defer {
-            if (try? runProcess("umount", [storage + "/sub/loop"]))?.succeeded != true {
-                _ = try? runProcess("umount", ["-l", storage + "/sub/loop"])
-            }
-        }
         try snap("--repo", folder.file("repo"), "init")
-        let result = try snap("--repo", folder.file("repo"), "snapshot", "--no-db", "--storage", storage)
+        let result = try withBindMount(storage, at: storage + "/sub/loop") {
+            try snap("--repo", folder.file("repo"), "snapshot", "--no-db", "--storage", storage)
+        }
         #expect(result.status == 3, "\(result.stderr)")
         #expect(result.stderr.contains("sub/loop") && result.stderr.contains("ancestors"), "\(result.stderr)")
     }

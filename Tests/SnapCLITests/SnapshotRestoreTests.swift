@@ -288,4 +288,32 @@ func makeAwkwardTree(at root: String) throws {
         #expect(missing.status != 0)
         #expect(differences(before, try readTree(target)).isEmpty, "a refused restore changed the target")
     }
+
+    /// The repository bind-mounted inside the target is found by device and inode, whatever its
+    /// path: --clean refuses before removing anything through it.
+    @Test(
+        .enabled(
+            if: geteuid() == 0 || TestCluster.isCI,
+            "a bind mount needs root; run the tests as root to cover it (under CI=true this runs and fails)"))
+    func cleanRestoreNeverRemovesThroughABindMountOfTheRepository() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let storage = folder.file("storage")
+        let target = folder.file("target")
+        try FileManager.default.createDirectory(atPath: storage + "/kept", withIntermediateDirectories: true)
+        try writeFile(storage + "/kept/a.txt", Array("a".utf8))
+        try snap("--repo", repo, "init")
+        #expect(try snap("--repo", repo, "snapshot", "--no-db", "--storage", storage).status == 0)
+        let objects = try objectCount(repo)
+        for inside in ["extra-mount", "kept"] {
+            try FileManager.default.createDirectory(atPath: target + "/" + inside, withIntermediateDirectories: true)
+            let refused = try withBindMount(repo, at: target + "/" + inside) {
+                try snap("--repo", repo, "restore", "latest", "--no-db", "--storage-to", target, "--clean")
+            }
+            #expect(refused.status == 1)
+            #expect(refused.stderr.contains("reaches the repository"), "\(refused.stderr)")
+            #expect(try objectCount(repo) == objects)
+            #expect(try snap("--repo", repo, "check", "--read-data").status == 0)
+        }
+    }
 }
