@@ -363,16 +363,17 @@ public final class DumpRestore {
         }
         process.closeInput()
         try check(process.wait(), stderr: process.errorText, tool: tool)
-        var summary = try analyze()
-        try restoreConnectionLimit()
+        var summary = try finishLoad()
         summary.notes = notes
         return summary
     }
 
-    /// The recreated database's connection limit goes back on last: set at CREATE, a limit of 0
-    /// or below the jobs would have refused pg_restore's own sessions.
-    private func restoreConnectionLimit() throws {
-        guard let limit = connectionLimit else { return }
+    /// What follows a load that pg_restore finished: ANALYZE, then the recreated database's
+    /// connection limit (set at CREATE, a limit of 0 or below the jobs would have refused
+    /// pg_restore's own sessions).
+    private func finishLoad() throws -> RestoreSummary {
+        let summary = try analyze()
+        guard let limit = connectionLimit else { return summary }
         do {
             try connection.execute(
                 "ALTER DATABASE \(connection.quoteIdentifier(connection.database)) CONNECTION LIMIT \(limit)")
@@ -380,6 +381,7 @@ public final class DumpRestore {
             throw PostgresError(
                 .analyze, "restored, but the connection limit \(limit) of \(target) was not set back", cause: error)
         }
+        return summary
     }
 
     private var spoolFolder: String {
@@ -409,8 +411,7 @@ public final class DumpRestore {
             environment: childEnvironment(),
             input: .none, captureOutput: false, errorLimit: options.stderrLimit)
         try check(process.wait(), stderr: process.errorText, tool: tool)
-        var summary = try analyze()
-        try restoreConnectionLimit()
+        var summary = try finishLoad()
         summary.jobs = max(1, options.jobs)
         return summary
     }

@@ -288,37 +288,46 @@ public final class PostgresConnection {
 
     // MARK: Connection failures
 
-    /// Refuses a connection string libpq cannot parse with a message that quotes none of it: libpq's
-    /// own quotes the string, or the token after a password, which may be the password itself.
-    static func checkParses(_ conninfo: String) throws {
+    /// Whether libpq reads `conninfo` as a connection string (a URI, or `key=value` pairs: its own
+    /// rule is a URI prefix or an `=`) rather than as a plain database name; `isURI` says which.
+    private static func connectionStringForm(_ conninfo: String) -> (isConnectionString: Bool, isURI: Bool) {
         let isURI = conninfo.hasPrefix("postgresql://") || conninfo.hasPrefix("postgres://")
-        guard isURI || conninfo.contains("=") else { return }  // a plain database name
+        return (isURI || conninfo.contains("="), isURI)
+    }
+
+    /// libpq's reading of a connection string: its options, or libpq's reason for refusing it.
+    private static func parse(_ conninfo: String) -> Result<[ConninfoOption], LibpqMessage> {
         var message: UnsafeMutablePointer<CChar>?
         guard let options = PQconninfoParse(conninfo, &message) else {
             let reason = message.map { String(cString: $0) } ?? "libpq is out of memory"
             if let message { PQfreemem(message) }
-            // Quoted pieces of the string go; a quoted single character ("=", "]") says what is missing.
-            let unquoted = connectionFailureReason(reason).replacing(/"([^"]*)"/) {
-                $0.output.1.count < 2 ? Substring($0.output.0) : "\"…\""
-            }
-            throw PostgresError(
-                .connect,
-                "cannot parse the connection string given as \(isURI ? "a URI" : "key=value pairs") (\(unquoted)); check its quoting and percent-encoding"
-            )
+            return .failure(LibpqMessage(reason))
         }
-        PQconninfoFree(options)
+        defer { PQconninfoFree(options) }
+        return .success(readOptions(options))
+    }
+
+    /// Refuses a connection string libpq cannot parse with a message that quotes none of it: libpq's
+    /// own quotes the string, or the token after a password, which may be the password itself.
+    static func checkParses(_ conninfo: String) throws {
+        let form = connectionStringForm(conninfo)
+        guard form.isConnectionString, case .failure(let reason) = parse(conninfo) else { return }
+        // Quoted pieces of the string go; a quoted single character ("=", "]") says what is missing.
+        let unquoted = connectionFailureReason(reason.description).replacing(/"([^"]*)"/) {
+            $0.output.1.count < 2 ? Substring($0.output.0) : "\"…\""
+        }
+        throw PostgresError(
+            .connect,
+            "cannot parse the connection string given as \(form.isURI ? "a URI" : "key=value pairs") (\(unquoted)); check its quoting and percent-encoding"
+        )
     }
 
     /// Whether `conninfo` itself names a database (or a service, which may): a plain name, a
     /// `dbname` key, or a URI with a path. Otherwise libpq's environment and defaults decide.
     public static func namesDatabase(_ conninfo: String) -> Bool {
-        let isURI = conninfo.hasPrefix("postgresql://") || conninfo.hasPrefix("postgres://")
-        guard isURI || conninfo.contains("=") else { return !conninfo.isEmpty }
-        guard let options = PQconninfoParse(conninfo, nil) else { return false }
-        defer { PQconninfoFree(options) }
-        return readOptions(options).contains {
-            ($0.keyword == "dbname" || $0.keyword == "service") && !($0.value ?? "").isEmpty
-        }
+        guard connectionStringForm(conninfo).isConnectionString else { return !conninfo.isEmpty }
+        guard case .success(let options) = parse(conninfo) else { return false }
+        return options.contains { ($0.keyword == "dbname" || $0.keyword == "service") && !($0.value ?? "").isEmpty }
     }
 
     /// The one-line error for a failed connection: where, which database and user, and the reason.
