@@ -1,5 +1,24 @@
 import CCrypto
 
+/// libcrypto, set up once per process: without its exit handler (see the C shim: threads that
+/// still hash or end while the process exits would otherwise lock freed memory), and with SHA-256
+/// fetched once instead of looked up, under a global lock, for every digest.
+public enum CryptoLibrary {
+    /// Sets OpenSSL up if nothing in the process has used it yet. Hashing calls it itself; an
+    /// executable calls it first thing, because libpq may reach OpenSSL before anything is hashed.
+    public static func prepare() { _ = sha256 }
+
+    struct Algorithm: @unchecked Sendable {  // an EVP_MD is immutable once fetched
+        let pointer: OpaquePointer
+    }
+
+    static let sha256: Algorithm = {
+        precondition(snap_crypto_init_without_exit_handler() == 1, "OpenSSL cannot be initialized")
+        guard let fetched = EVP_MD_fetch(nil, "SHA256", nil) else { fatalError("OpenSSL has no SHA-256") }
+        return Algorithm(pointer: fetched)
+    }()
+}
+
 /// The name of a stored object: the SHA-256 of the chunk's uncompressed bytes.
 ///
 /// Kept as four words so that sets of millions of names stay compact and hash quickly.
@@ -14,7 +33,7 @@ public struct ObjectID: Hashable, Comparable, Sendable, CustomStringConvertible 
             let ok = EVP_Digest(
                 bytes.baseAddress, bytes.count,
                 out.baseAddress!.assumingMemoryBound(to: UInt8.self), &length,
-                EVP_sha256(), nil)
+                CryptoLibrary.sha256.pointer, nil)
             precondition(ok == 1 && length == 32, "OpenSSL EVP_Digest(SHA-256) failed")
         }
         // The digest is a byte string; words are read big-endian so ordering matches the hex.
@@ -93,7 +112,7 @@ public final class SHA256Hasher {
     private let context: OpaquePointer
 
     public init() {
-        guard let context = EVP_MD_CTX_new(), EVP_DigestInit_ex(context, EVP_sha256(), nil) == 1 else {
+        guard let context = EVP_MD_CTX_new(), EVP_DigestInit_ex(context, CryptoLibrary.sha256.pointer, nil) == 1 else {
             fatalError("OpenSSL cannot start a SHA-256 digest")
         }
         self.context = context

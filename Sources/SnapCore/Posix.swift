@@ -1,5 +1,3 @@
-import CCrypto
-
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -287,11 +285,11 @@ enum Posix {
         return buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 
+    /// Random bytes from the kernel (getrandom), as hex: names of temporary files and of a new
+    /// repository. Not OpenSSL's RAND, whose per-thread state every worker would then carry.
     static func randomHex(_ byteCount: Int) -> String {
-        var bytes = [UInt8](repeating: 0, count: byteCount)
-        let ok = bytes.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32($0.count)) }
-        precondition(ok == 1, "OpenSSL RAND_bytes failed")
-        return hexString(bytes)
+        var generator = SystemRandomNumberGenerator()
+        return hexString((0..<byteCount).map { _ in UInt8.random(in: 0...255, using: &generator) })
     }
 }
 

@@ -92,7 +92,6 @@ private final class ChunkPrefetcher: @unchecked Sendable {
     init(repository: Repository, chunks: [ObjectID], workers: Int, window: Int) {
         self.chunks = chunks
         self.window = max(window, workers)
-        nonisolated(unsafe) let repository = repository
         for index in 0..<workers {
             let thread = Thread { [self] in work(repository) }
             thread.name = "snap-read-ahead-\(index)"

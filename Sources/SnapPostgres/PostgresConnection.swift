@@ -1,5 +1,6 @@
 import CPQ
 import Foundation
+import SnapCore
 
 /// One libpq connection (a `PGconn`), used synchronously.
 ///
@@ -28,6 +29,7 @@ public final class PostgresConnection {
     /// Connects with libpq keywords; with `expandDatabaseName`, the first `dbname` may be a whole
     /// connection string (libpq's `expand_dbname`).
     init(parameters: [(String, String)], expandDatabaseName: Bool) throws {
+        CryptoLibrary.prepare()  // libpq's TLS would otherwise set OpenSSL up with its exit handler
         let connection = withCStringArray(parameters.map(\.0)) { keywords in
             withCStringArray(parameters.map(\.1)) { values in
                 PQconnectdbParams(keywords, values, expandDatabaseName ? 1 : 0)

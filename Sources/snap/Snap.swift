@@ -47,6 +47,9 @@ struct Snap: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     static func main() {
+        // Before anything reaches OpenSSL (libpq may): snap's threads may still hash while it exits.
+        CryptoLibrary.prepare()
+        FaultInjection.startHashingAtExit()
         // `snap export - | head` must end quietly, not die of SIGPIPE.
         signal(SIGPIPE, SIG_IGN)
         // A SIGTERM to snap alone must stop its pg_dump or pg_restore too.

@@ -276,6 +276,25 @@ private final class BigTreeFixture: Sendable {
         try expectCheckPasses(repo, context + ", run again")
     }
 
+    /// A restore's storage thread may still be ending, inside OpenSSL's thread cleanup, as snap
+    /// returns from main; OpenSSL's exit handler used to free the lock that cleanup takes, and a
+    /// finished restore died of SIGSEGV (seen once in CI). The hook keeps threads hashing, and others
+    /// ending, at every exit.
+    @Test func threadsStillHashingAsSnapExitsDoNotCrashIt() throws {
+        let scratch = try CrashScratch("hash-at-exit")
+        defer { withExtendedLifetime(scratch) {} }  // the folders live to the end of the test
+        let repo = scratch.file("repo")
+        expectExit(try crashSnap(["--repo", repo, "init"]), 0, "init")
+        var environment = crashEnvironment()
+        environment["SNAP_TEST_HASH_AT_EXIT"] = "1"
+        for round in 1...30 {
+            let run = try runProcess(snapBinary, ["--repo", repo, "list"], environment: environment)
+            let result = CrashResult(status: run.status, signaled: run.signaled, stdout: run.stdout, stderr: run.stderr)
+            expectExit(result, 0, "run \(round) of `snap list` with threads hashing as it exits")
+            if result.signaled { break }
+        }
+    }
+
     @Test(arguments: CrashImportKillPoint.allCases)
     func importKilledAtAMutation(point: CrashImportKillPoint) throws {
         let fixture = try ImportFixture.shared.get()
