@@ -289,7 +289,12 @@ enum Posix {
     /// repository. Not OpenSSL's RAND, whose per-thread state every worker would then carry.
     static func randomHex(_ byteCount: Int) -> String {
         var generator = SystemRandomNumberGenerator()
-        return hexString((0..<byteCount).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(byteCount + 7)
+        while bytes.count < byteCount {  // one getrandom call per 8 bytes
+            withUnsafeBytes(of: generator.next()) { bytes.append(contentsOf: $0) }
+        }
+        return hexString(Array(bytes.prefix(byteCount)))
     }
 }
 
