@@ -304,7 +304,7 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         let pidFile = folder.file("child.pid")
         let process = try startSnapshot(in: folder, pgDumpThen: "echo $$ > \(pidFile)\nexec sleep 60")
         var childPID: pid_t = 0
-        for _ in 0..<100 where childPID == 0 {
+        for _ in 0..<600 where childPID == 0 {  // 30 s: a loaded machine starts processes slowly
             usleep(50_000)
             childPID =
                 pid_t(
@@ -321,7 +321,7 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
             return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
         }
         var gone = false
-        for _ in 0..<40 where !gone {
+        for _ in 0..<200 where !gone {
             gone = stopped()
             if !gone { usleep(50_000) }
         }

@@ -95,10 +95,9 @@ import Testing
     @Test func pruneWaitsForOrFailsOnABusyRepository() throws {
         let folder = try TemporaryDirectory()
         let (repo, _) = try makeRepository(folder)
-        // Another process holds a shared lock, as a running snapshot does, for two seconds.
-        let holder = try lockHolder(repo + "/lock", shared: true, seconds: 2)
+        // Another process holds a shared lock, as a running snapshot does, for three seconds.
+        let holder = try lockHolder(repo + "/lock", shared: true, seconds: 3, readyFile: folder.file("held-1"))
         defer { holder.waitUntilExit() }
-        usleep(500_000)
 
         let busy = try snap("--repo", repo, "prune")
         #expect(busy.status == 4)
@@ -110,8 +109,7 @@ import Testing
         #expect(waited.stderr.contains("waiting"))
 
         // A killed holder leaves no stale lock: the kernel drops it with the process.
-        let killed = try lockHolder(repo + "/lock", shared: false, seconds: 60)
-        usleep(500_000)
+        let killed = try lockHolder(repo + "/lock", shared: false, seconds: 60, readyFile: folder.file("held-2"))
         #expect(try snap("--repo", repo, "prune").status == 4)
         kill(killed.processIdentifier, SIGKILL)
         killed.waitUntilExit()
@@ -120,17 +118,27 @@ import Testing
     }
 }
 
-/// One process (no children left behind when it is killed) holding a `flock` on `path`.
-private func lockHolder(_ path: String, shared: Bool, seconds: Int) throws -> Process {
+/// One process (no children left behind when it is killed) holding a `flock` on `path` for
+/// `seconds` from the moment it has it; returns once `readyFile` says it has it (a loaded machine
+/// may take long to start Python).
+private func lockHolder(_ path: String, shared: Bool, seconds: Int, readyFile: String) throws -> Process {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
     process.arguments = [
         "-c",
-        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.\(shared ? "LOCK_SH" : "LOCK_EX")); time.sleep(\(seconds))",
-        path,
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.\(shared ? "LOCK_SH" : "LOCK_EX")); open(sys.argv[2], 'w').close(); time.sleep(\(seconds))",
+        path, readyFile,
     ]
     process.standardOutput = FileHandle.nullDevice
     process.standardError = FileHandle.nullDevice
     try process.run()
+    let deadline = Date().addingTimeInterval(60)
+    while !FileManager.default.fileExists(atPath: readyFile) {
+        guard process.isRunning, Date() < deadline else {
+            process.terminate()
+            throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: readyFile])
+        }
+        usleep(10_000)
+    }
     return process
 }
