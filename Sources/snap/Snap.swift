@@ -49,7 +49,6 @@ struct Snap: ParsableCommand {
     static func main() {
         // Before anything reaches OpenSSL (libpq may): snap's threads may still hash while it exits.
         CryptoLibrary.prepare()
-        FaultInjection.startHashingAtExit()
         // `snap export - | head` must end quietly, not die of SIGPIPE.
         signal(SIGPIPE, SIG_IGN)
         // A SIGTERM to snap alone must stop its pg_dump or pg_restore too.
@@ -61,6 +60,7 @@ struct Snap: ParsableCommand {
             limit.rlim_cur = limit.rlim_max
             _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         }
+        FaultInjection.startHashingAtExit()
         do {
             var command = try parseAsRoot()
             try command.run()
