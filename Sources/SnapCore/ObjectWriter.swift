@@ -88,9 +88,11 @@ public final class ObjectWriter: @unchecked Sendable {
     }
 
     deinit {
-        // Abandoned after an error: let the workers skip whatever is still queued.
+        // Abandoned after an error: let the workers skip whatever is still queued, and wait for
+        // the object each may be writing, so none is still writing while snap reports and exits.
         shared.state.withLock { if $0.failure == nil { $0.failure = SnapError(.io, "cancelled") } }
         queue.close()
+        finished.wait()
     }
 
     /// Hashes `chunk`, queues it for storage if the repository lacks it, and returns its name.

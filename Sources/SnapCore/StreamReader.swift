@@ -88,12 +88,17 @@ private final class ChunkPrefetcher: @unchecked Sendable {
     private var nextToLoad = 0
     private var nextToHand = 0
     private var stopped = false
+    private let running = DispatchGroup()
 
     init(repository: Repository, chunks: [ObjectID], workers: Int, window: Int) {
         self.chunks = chunks
         self.window = max(window, workers)
         for index in 0..<workers {
-            let thread = Thread { [self] in work(repository) }
+            running.enter()
+            let thread = Thread { [self] in
+                work(repository)
+                running.leave()
+            }
             thread.name = "snap-read-ahead-\(index)"
             thread.start()
         }
@@ -132,11 +137,14 @@ private final class ChunkPrefetcher: @unchecked Sendable {
         return try result.get()
     }
 
-    /// Lets the workers end without loading the rest.
+    /// Lets the workers end without loading the rest, and waits until they have (each finishes
+    /// the chunk it is loading): nothing of a stopped reader runs on while its caller goes on to
+    /// report a failure and exit.
     func stop() {
         condition.lock()
         stopped = true
         condition.broadcast()
         condition.unlock()
+        running.wait()
     }
 }

@@ -59,11 +59,16 @@ final class CrashScratch: @unchecked Sendable {
 // MARK: Running snap
 
 /// The environment for snap: ours, without SNAP_REPO, SNAP_STORAGE or a kill point, plus
-/// `SNAP_TEST_KILL_AFTER=killAfter` when given.
-func crashEnvironment(killAfter: Int? = nil) -> [String: String] {
+/// `SNAP_TEST_KILL_AFTER=killAfter` when given. The files cache of a run with `--repo DIR` sits
+/// beside DIR (`DIR.cache`), not in the home folder: copies of one repository share its id, and
+/// runs of other tests must not find each other's cache warm.
+func crashEnvironment(killAfter: Int? = nil, arguments: [String] = []) -> [String: String] {
     var environment = ProcessInfo.processInfo.environment
     for name in ["SNAP_REPO", "SNAP_STORAGE", "SNAP_TEST_KILL_AFTER"] { environment[name] = nil }
     if let killAfter { environment["SNAP_TEST_KILL_AFTER"] = String(killAfter) }
+    if let flag = arguments.firstIndex(of: "--repo"), flag + 1 < arguments.count {
+        environment["SNAP_CACHE_DIR"] = arguments[flag + 1] + ".cache"
+    }
     return environment
 }
 
@@ -82,7 +87,8 @@ struct CrashResult: Sendable {
 /// child killed by a signal is the bare signal number, 9 for SIGKILL, indistinguishable from an
 /// exit status 9), this says whether the child was signaled.
 func crashSnap(_ arguments: [String], killAfter: Int? = nil) throws -> CrashResult {
-    let result = try runProcess(snapBinary, arguments, environment: crashEnvironment(killAfter: killAfter))
+    let result = try runProcess(
+        snapBinary, arguments, environment: crashEnvironment(killAfter: killAfter, arguments: arguments))
     return CrashResult(status: result.status, signaled: result.signaled, stdout: result.stdout, stderr: result.stderr)
 }
 
@@ -120,7 +126,8 @@ final class CrashChild: @unchecked Sendable {
         outPath = folder + "/child-\(tag).out"
         errPath = folder + "/child-\(tag).err"
         pid = try spawnProcess(
-            snapBinary, arguments, environment: crashEnvironment(killAfter: killAfter), stdin: "/dev/null",
+            snapBinary, arguments, environment: crashEnvironment(killAfter: killAfter, arguments: arguments),
+            stdin: "/dev/null",
             stdout: outPath, stderr: errPath, newProcessGroup: true)
     }
 

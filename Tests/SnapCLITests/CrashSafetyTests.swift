@@ -638,9 +638,16 @@ private final class DatabaseFixture: Sendable {
             repo = scratch.file("repo-\(index)")
             try copyCrashRepository(base, to: repo)
             let context = "snapshot killed with kill -9 after \(delay) ms"
+            let started = Date()
             let child = try CrashChild(
                 ["--repo", repo, "snapshot", "--no-db", "--storage", big.path], outputIn: scratch.path)
-            usleep(UInt32(delay * 1000))
+            if delay >= 100 {
+                // These kills must leave something for prune: on a loaded machine the first
+                // object file can come later than 100 ms, so the kill waits for it.
+                _ = crashWaitUntil(timeout: 30) { !crashLeftovers(repo).isEmpty || child.poll() != nil }
+            }
+            let remaining = Double(delay) / 1000 - Date().timeIntervalSince(started)
+            if remaining > 0 { usleep(UInt32(remaining * 1_000_000)) }
             child.kill()
             let result = child.wait()
             let made = crashRecordIDs(repo).subtracting([firstID])

@@ -164,6 +164,32 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         }
     }
 
+    /// Without `--db`, or with an empty one, libpq's environment decides, as for psql; a bare name
+    /// is a database name, the rest still from the environment. Run in a child: the test
+    /// process's own environment is shared with the tests running beside this one (and setenv
+    /// while another thread reads it can crash the process).
+    @Test func withoutDbTheEnvironmentDecidesLikePsql() throws {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let database = cluster.uniqueDatabaseName("env")
+        try cluster.createDatabase(database)
+        defer { try? cluster.dropDatabase(database) }
+        try snap("--repo", repo, "init")
+        // No PGPASSWORD: the socket trusts the superuser. PGHOST and PGPORT point at the test
+        // cluster, so a snapshot that ignored them would find no server.
+        let environment = [
+            "PGHOST": cluster.socketDirectory, "PGPORT": String(cluster.port), "PGUSER": cluster.superuser,
+            "PGDATABASE": database,
+        ]
+        for (db, expected) in [(nil, database), ("", database), ("postgres", "postgres")] as [(String?, String)] {
+            let made = try snap(
+                ["--repo", repo, "snapshot"] + (db.map { ["--db", $0] } ?? []), environment: environment)
+            #expect(made.status == 0, "\(db ?? "no --db"): \(made.stderr)")
+            let shown = try parseJSON(try snap("--repo", repo, "show", "latest", "--json").stdout) as? [String: Any]
+            #expect((shown?["database"] as? [String: Any])?["name"] as? String == expected, "\(db ?? "no --db")")
+        }
+    }
+
     @Test func databaseAndStorageTogether() throws {
         let folder = try TemporaryDirectory()
         let repo = folder.file("repo")
@@ -334,8 +360,11 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     @Test func anIgnoredHangupStaysIgnored() throws {
         let folder = try TemporaryDirectory()
         let started = Date()
-        let process = try startSnapshot(in: folder, pgDumpThen: "exec sleep 2", ignoringHangup: true)
-        usleep(700_000)
+        let ready = folder.file("pg_dump.started")
+        let process = try startSnapshot(in: folder, pgDumpThen: ": > \(ready)\nexec sleep 2", ignoringHangup: true)
+        // Once pg_dump runs, snap is past its set-up: the signal tests what it kept, not the shell.
+        for _ in 0..<600 where !FileManager.default.fileExists(atPath: ready) { usleep(50_000) }
+        try #require(FileManager.default.fileExists(atPath: ready), "the pg_dump hook never started")
         kill(process.processIdentifier, SIGHUP)
         process.waitUntilExit()
         // Not killed: it ran on until pg_dump ended without output, and failed for that.

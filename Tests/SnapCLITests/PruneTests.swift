@@ -95,8 +95,8 @@ import Testing
     @Test func pruneWaitsForOrFailsOnABusyRepository() throws {
         let folder = try TemporaryDirectory()
         let (repo, _) = try makeRepository(folder)
-        // Another process holds a shared lock, as a running snapshot does, for three seconds.
-        let holder = try lockHolder(repo + "/lock", shared: true, seconds: 3, readyFile: folder.file("held-1"))
+        // Another process holds a shared lock, as a running snapshot does, for ten seconds.
+        let holder = try lockHolder(repo + "/lock", shared: true, seconds: 10, readyFile: folder.file("held-1"))
         defer { holder.waitUntilExit() }
 
         let busy = try snap("--repo", repo, "prune")

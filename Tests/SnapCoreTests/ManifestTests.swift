@@ -1,5 +1,6 @@
 import Foundation
 import SnapTestSupport
+import Synchronization
 import Testing
 
 @testable import SnapCore
@@ -235,5 +236,38 @@ import Testing
         #expect(error.description.contains(damaged.hex))
         var buffer = [UInt8](repeating: 0, count: 100)
         #expect(throws: SnapError.self) { try buffer.withUnsafeMutableBytes { try reader.read(into: $0) } }
+
+        // A reader let go waits for its read-ahead threads: none is still loading once it is gone
+        // (a restore that fails goes on to report and exit). The third chunk's object is a FIFO:
+        // the thread that loads it waits in open, then in read, until the test closes the other end.
+        let stuck = stream.chunks[2]
+        let fifo = repository.path + "/objects/" + String(stuck.hex.prefix(2)) + "/" + stuck.hex
+        try FileManager.default.removeItem(atPath: fifo)
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let letGo = DispatchSemaphore(value: 0)
+        let released = Mutex(false)
+        let reading = BackgroundWork {
+            do {
+                let reader = StreamReader(
+                    repository: repository, chunks: stream.chunks, size: stream.size, readAhead: 2)
+                var buffer = [UInt8](repeating: 0, count: 100)
+                _ = try buffer.withUnsafeMutableBytes { try reader.read(into: $0) }
+                letGo.wait()
+            }  // the reader is released here
+            released.withLock { $0 = true }
+        }
+        // A non-blocking open for writing succeeds once a thread has the FIFO open for reading.
+        var otherEnd: Int32 = -1
+        for _ in 0..<1000 where otherEnd < 0 {
+            otherEnd = open(fifo, O_WRONLY | O_NONBLOCK)
+            if otherEnd < 0 { usleep(10_000) }
+        }
+        try #require(otherEnd >= 0, "no read-ahead thread reached the third chunk")
+        letGo.signal()
+        usleep(300_000)
+        #expect(!released.withLock { $0 }, "the reader was released while a read-ahead thread was still loading")
+        close(otherEnd)
+        try reading.wait()
+        #expect(released.withLock { $0 })
     }
 }

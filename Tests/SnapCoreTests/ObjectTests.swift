@@ -115,6 +115,28 @@ import Testing
         }
     }
 
+    /// A writer let go after an error (no `finish`) waits for the object a worker is writing:
+    /// nothing of it still writes while snap reports the error and exits.
+    @Test func anAbandonedWriterWaitsForItsWorkers() throws {
+        let folder = try TemporaryDirectory()
+        let store = GatedStore(LocalObjectStore(root: folder.path))
+        let released = Mutex(false)
+        let writing = BackgroundWork {
+            do {
+                let writer = ObjectWriter(
+                    store: store, known: [], compressionLevel: 1, workerCount: 1, batchBytes: 1000)
+                for seed in 0..<3 { _ = try pseudoRandomBytes(2000, seed: UInt64(seed)).withUnsafeBytes(writer.write) }
+                while !store.entered.withLock({ $0 }) { usleep(1000) }
+            }  // the writer is released here, its worker held in `put`
+            released.withLock { $0 = true }
+        }
+        usleep(300_000)
+        #expect(!released.withLock { $0 }, "the writer was released while its worker was still writing")
+        store.gate.signal()
+        try writing.wait()
+        #expect(released.withLock { $0 })
+    }
+
     /// The dump and the storage tree write from two threads at once: every chunk is counted,
     /// each distinct one stored exactly once, whichever thread saw it first.
     @Test func twoThreadsWritingTheSameChunksStoreEachOnce() throws {
@@ -202,4 +224,29 @@ import Testing
         #expect(try ids.prefix(8).allSatisfy { try store.contains($0) })
         #expect(try !store.contains(ids[8]))
     }
+}
+
+/// A real store whose first `put` waits until `gate` is signalled, saying in `entered` that it has
+/// begun.
+private final class GatedStore: ObjectStore, @unchecked Sendable {
+    let base: LocalObjectStore
+    let gate = DispatchSemaphore(value: 0)
+    let entered = Mutex(false)
+
+    init(_ base: LocalObjectStore) { self.base = base }
+
+    func put(_ id: ObjectID, encoded: [UInt8]) throws -> Bool {
+        let first = entered.withLock { hasEntered in
+            defer { hasEntered = true }
+            return !hasEntered
+        }
+        if first { gate.wait() }
+        return try base.put(id, encoded: encoded)
+    }
+    func get(_ id: ObjectID) throws -> [UInt8] { try base.get(id) }
+    func contains(_ id: ObjectID) throws -> Bool { try base.contains(id) }
+    func list(_ body: (ObjectID) throws -> Void) throws { try base.list(body) }
+    func size(of id: ObjectID) throws -> UInt64? { try base.size(of: id) }
+    func delete(_ id: ObjectID) throws { try base.delete(id) }
+    func flush() throws { try base.flush() }
 }

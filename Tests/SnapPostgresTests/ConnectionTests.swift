@@ -154,32 +154,4 @@ struct ConnectionTests {
         }
         #expect(missing.description.contains("PGPASSWORD"))
     }
-
-    @Test func nilConninfoLeavesEverythingToTheEnvironmentLikePsql() throws {
-        let cluster = try TestCluster.start()
-        let database = cluster.uniqueDatabaseName("env")
-        try cluster.createDatabase(database)
-        defer { try? cluster.dropDatabase(database) }
-        // No PGPASSWORD: tests running meanwhile rely on its absence (and set everything else).
-        let variables = [
-            "PGHOST": cluster.socketDirectory, "PGPORT": String(cluster.port), "PGUSER": cluster.superuser,
-            "PGDATABASE": database,
-        ]
-        let saved = variables.keys.map { ($0, getenv($0).map { String(cString: $0) }) }
-        for (key, value) in variables { setenv(key, value, 1) }
-        defer {
-            for (key, value) in saved {
-                if let value { setenv(key, value, 1) } else { unsetenv(key) }
-            }
-        }
-        for conninfo in [nil, ""] as [String?] {
-            let connection = try PostgresConnection(conninfo: conninfo)
-            #expect(connection.database == database)
-            #expect(connection.host == cluster.socketDirectory)
-            #expect(connection.port == String(cluster.port))
-            #expect(connection.user == cluster.superuser)
-        }
-        // A bare name is a database name, the rest still from the environment.
-        #expect(try PostgresConnection(conninfo: "postgres").database == "postgres")
-    }
 }

@@ -194,7 +194,7 @@ struct DumpSessionTests {
         let fake = try script(
             folder, "pg_dump",
             """
-            sleep 0.3
+            sleep 2
             printf 'PGDMP '
             grep Cpus_allowed_list /proc/$$/status
             """)
