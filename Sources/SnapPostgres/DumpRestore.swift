@@ -296,11 +296,27 @@ public final class DumpRestore {
                     cause: error)
             }
         }
+        noteLeftoverReplacements(on: maintenance)
         do {
             connection = try maintenance.connect(toDatabase: name, applicationName: options.applicationName)
         } catch {
             throw PostgresError(.recreate, "cannot connect to the recreated database \"\(name)\"", cause: error)
         }
+    }
+
+    /// Says which replacement databases an earlier `--clean` left behind: only one killed with
+    /// SIGKILL between its create and its drop leaves one. They are named, never dropped here: a
+    /// database snap did not create in this run is not snap's to remove.
+    private func noteLeftoverReplacements(on maintenance: PostgresConnection) {
+        guard
+            let names = try? maintenance.query(
+                "SELECT datname FROM pg_database WHERE datname ~ '^snap_restore_[0-9a-f]+_' ORDER BY datname"
+            ).compactMap({ $0.first ?? nil }), !names.isEmpty
+        else { return }
+        let shown = names.prefix(3).map { "\"\($0)\"" }.joined(separator: ", ") + (names.count > 3 ? ", ..." : "")
+        options.onNote?(
+            "\(names.count == 1 ? "database" : "\(names.count) databases") \(shown) \(names.count == 1 ? "is" : "are") left from an interrupted restore --clean; drop \(names.count == 1 ? "it" : "them") once you have checked"
+        )
     }
 
     // MARK: Restore

@@ -118,13 +118,26 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
             "refused restore changed the target")
 
         try cluster.psql("ALTER DATABASE \(source) CONNECTION LIMIT 50")
+        // What a restore killed with SIGKILL between its create and its drop leaves behind.
+        let leftover = "snap_restore_0badc0de_\(source)"
+        try cluster.createDatabase(leftover)
+        defer { try? cluster.dropDatabase(leftover) }
         let clean = try snap(
             "--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: source), "--clean", "--jobs", "2")
         #expect(clean.status == 0, "\(clean.stderr)")
         #expect(try dump(source) == expected)
         // The database itself comes back as it was, under its own name.
         #expect(try cluster.psql("SELECT datconnlimit FROM pg_database WHERE datname = '\(source)'") == "50")
-        #expect(try cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'snap_restore_%'") == "0")
+        #expect(try ownReplacements(of: source) == "1", "only the leftover, not this run's replacement")
+        // The leftover is named, and kept: snap did not create it in this run.
+        #expect(clean.stderr.contains("snap: note: ") && clean.stderr.contains(leftover), "\(clean.stderr)")
+        #expect(try cluster.psql("SELECT count(*) FROM pg_database WHERE datname = '\(leftover)'") == "1")
+    }
+
+    /// Replacement databases (`snap_restore_<hex>_<name>`) of `name` on the cluster, as a count:
+    /// only this test's own, since tests beside it run restores of their own.
+    private func ownReplacements(of name: String) throws -> String {
+        try cluster.psql("SELECT count(*) FROM pg_database WHERE datname ~ '^snap_restore_[0-9a-f]+_\(name)$'")
     }
 
     /// --clean creates the replacement before it drops anything: a role that owns its database
@@ -153,7 +166,7 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
             refused.stderr.contains("nothing was changed") && refused.stderr.contains("CREATEDB"), "\(refused.stderr)")
         #expect(refused.stderr.split(separator: "\n").count == 1, "\(refused.stderr)")
         #expect(try cluster.psql("SELECT x FROM kept", database: target) == "42")
-        #expect(try cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'snap_restore_%'") == "0")
+        #expect(try ownReplacements(of: target) == "0")
 
         for db in [nil, "", "host=\(cluster.socketDirectory) user=\(role)", "postgresql://\(role)@localhost"] {
             let unnamed = try snap(
