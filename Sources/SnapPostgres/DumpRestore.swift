@@ -305,8 +305,9 @@ public final class DumpRestore {
     }
 
     /// Says which replacement databases an earlier `--clean` left behind: only one killed with
-    /// SIGKILL between its create and its drop leaves one. They are named, never dropped here: a
-    /// database snap did not create in this run is not snap's to remove.
+    /// SIGKILL between its create and its rename leaves one (another restore running now has one
+    /// for a moment). They are named, never dropped here: a database snap did not create in this
+    /// run is not snap's to remove.
     private func noteLeftoverReplacements(on maintenance: PostgresConnection) {
         guard
             let names = try? maintenance.query(
@@ -315,7 +316,7 @@ public final class DumpRestore {
         else { return }
         let shown = names.prefix(3).map { "\"\($0)\"" }.joined(separator: ", ") + (names.count > 3 ? ", ..." : "")
         options.onNote?(
-            "\(names.count == 1 ? "database" : "\(names.count) databases") \(shown) \(names.count == 1 ? "is" : "are") left from an interrupted restore --clean; drop \(names.count == 1 ? "it" : "them") once you have checked"
+            "\(names.count == 1 ? "database" : "\(names.count) databases") \(shown) \(names.count == 1 ? "is" : "are") left from an interrupted restore --clean (or belong to one running now); drop \(names.count == 1 ? "it" : "them") once no restore runs"
         )
     }
 
