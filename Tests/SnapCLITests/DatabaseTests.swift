@@ -118,7 +118,7 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
             "refused restore changed the target")
 
         try cluster.psql("ALTER DATABASE \(source) CONNECTION LIMIT 50")
-        // What a restore killed with SIGKILL between its create and its drop leaves behind.
+        // What a restore killed with SIGKILL between its create and its rename leaves behind.
         let leftover = "snap_restore_0badc0de_\(source)"
         try cluster.createDatabase(leftover)
         defer { try? cluster.dropDatabase(leftover) }
