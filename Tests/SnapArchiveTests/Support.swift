@@ -72,21 +72,6 @@ func writeFile(_ path: String, _ bytes: [UInt8]) throws {
     try Data(bytes).write(to: URL(fileURLWithPath: path))
 }
 
-/// A source closure over an in-memory byte array, handing out at most `chunk` bytes per call.
-func memorySource(_ bytes: [UInt8], chunk: Int = .max) -> (UnsafeMutableRawBufferPointer) throws -> Int {
-    var offset = 0
-    return { buffer in
-        let n = min(buffer.count, bytes.count - offset, chunk)
-        if n > 0 {
-            bytes.withUnsafeBytes {
-                buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + n)]))
-            }
-        }
-        offset += n
-        return n
-    }
-}
-
 /// Gzips `bytes` in memory with `ParallelGzipWriter`, writing in pieces of `piece` bytes.
 func gzip(_ bytes: [UInt8], level: Int = 6, workers: Int = 2, blockSize: Int = 64 << 10, piece: Int = 100_000)
     throws -> [UInt8]

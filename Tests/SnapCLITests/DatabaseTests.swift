@@ -98,11 +98,8 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     }
 
     @Test func cleanRestoreReplacesAChangedDatabaseAndJobsTwoWorks() throws {
-        let folder = try TemporaryDirectory()
-        let repo = folder.file("repo")
-        let source = try makeAwkwardDatabase(cluster)
-        try snap("--repo", repo, "init")
-        #expect(try snap("--repo", repo, "snapshot", "--db", cluster.conninfo(database: source)).status == 0)
+        let (folder, repo, source) = try snapshotOfAwkwardDatabase()
+        defer { withExtendedLifetime(folder) {} }
         let expected = try dump(source)
 
         // A target that has moved on: changed rows and a table created after the snapshot.
@@ -134,6 +131,16 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         #expect(try cluster.psql("SELECT count(*) FROM pg_database WHERE datname = '\(leftover)'") == "1")
     }
 
+    /// A new repository (in `folder`) holding one snapshot of a new awkward database, `source`.
+    private func snapshotOfAwkwardDatabase() throws -> (folder: TemporaryDirectory, repo: String, source: String) {
+        let folder = try TemporaryDirectory()
+        let repo = folder.file("repo")
+        let source = try makeAwkwardDatabase(cluster)
+        try snap("--repo", repo, "init")
+        #expect(try snap("--repo", repo, "snapshot", "--db", cluster.conninfo(database: source)).status == 0)
+        return (folder, repo, source)
+    }
+
     /// Replacement databases (`snap_restore_<hex>_<name>`) of `name` on the cluster, as a count:
     /// only this test's own, since tests beside it run restores of their own.
     private func ownReplacements(of name: String) throws -> String {
@@ -144,11 +151,8 @@ private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     /// but may not create databases (a common app role) gets an error and keeps its database.
     /// And --clean never falls back to libpq's default database.
     @Test func cleanRestoreChangesNothingWhenItCannotRecreate() throws {
-        let folder = try TemporaryDirectory()
-        let repo = folder.file("repo")
-        let source = try makeAwkwardDatabase(cluster)
-        try snap("--repo", repo, "init")
-        #expect(try snap("--repo", repo, "snapshot", "--db", cluster.conninfo(database: source)).status == 0)
+        let (folder, repo, _) = try snapshotOfAwkwardDatabase()
+        defer { withExtendedLifetime(folder) {} }
 
         let role = cluster.uniqueDatabaseName("app_role")
         let target = cluster.uniqueDatabaseName("app")

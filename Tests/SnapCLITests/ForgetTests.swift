@@ -11,17 +11,8 @@ import Testing
         return try (0..<days).map { day in
             let writer = try SnapshotWriter(repository: repository)
             try writer.append(ManifestEntry(kind: .directory, path: ".", mode: 0o755, mtime: 0))
-            var content = pseudoRandomBytes(50_000, seed: UInt64(day))
-            var offset = 0
-            let stream = try writer.storeStream(.files) { buffer in
-                let count = min(buffer.count, content.count - offset)
-                content.withUnsafeBytes {
-                    buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<offset + count]))
-                }
-                offset += count
-                return count
-            }
-            content.removeAll()
+            let stream = try writer.storeStream(
+                .files, read: memorySource(pseudoRandomBytes(50_000, seed: UInt64(day))))
             try writer.append(
                 ManifestEntry(
                     kind: .file, path: "day.bin", mode: 0o644, mtime: 0, size: stream.size, chunks: stream.chunks))

@@ -91,18 +91,9 @@ func chunkLengths(_ data: [UInt8], _ parameters: ChunkerParameters, pieceSize: I
         let data = pseudoRandomBytes(2 << 20, seed: 9)
         let pushed = try chunkLengths(data, small)
         let chunker = StreamChunker(small)
-        var offset = 0
         var pulled: [Int] = []
-        try chunker.consume(
-            read: { buffer in
-                // A pipe hands over odd-sized pieces.
-                let n = min(buffer.count, 5000, data.count - offset)
-                data.withUnsafeBytes {
-                    buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<offset + n]))
-                }
-                offset += n
-                return n
-            }, onChunk: { pulled.append($0.count) })
+        // A pipe hands over odd-sized pieces.
+        try chunker.consume(read: memorySource(data, chunk: 5000), onChunk: { pulled.append($0.count) })
         #expect(pulled == pushed)
         #expect(chunker.totalBytes == UInt64(data.count))
     }

@@ -189,15 +189,7 @@ import Testing
         let repository = try Repository.initialize(at: folder.path + "/repo")
         let writer = try SnapshotWriter(repository: repository)
         let content = pseudoRandomBytes(3 << 20, seed: 11)
-        var offset = 0
-        let stream = try writer.storeStream(.database) { buffer in
-            let count = min(buffer.count, content.count - offset)
-            content.withUnsafeBytes {
-                buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<offset + count]))
-            }
-            offset += count
-            return count
-        }
+        let stream = try writer.storeStream(.database, read: memorySource(content))
         _ = try writer.commit(
             time: Timestamp.now(), host: "h", tags: [], program: "test", sources: .init(storage: nil, database: nil),
             errors: [])
