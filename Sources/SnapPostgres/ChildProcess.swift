@@ -240,14 +240,12 @@ final class ChildProcess {
         while waitpid(pid, &status, 0) < 0 {
             if errno != EINTR {
                 // Reaped elsewhere (a SIGCHLD handler set to SIG_IGN); nothing more to learn.
-                RunningChildren.remove(pid)
                 termination = .exited(-1)
                 return .exited(-1)
             }
         }
         let result: Termination = (status & 0x7f) == 0 ? .exited((status >> 8) & 0xff) : .signaled(status & 0x7f)
         termination = result
-        RunningChildren.remove(pid)
         return result
     }
 
