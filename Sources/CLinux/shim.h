@@ -35,4 +35,100 @@ static inline long snap_filesystem_type(const char *path) {
 // fcntl command that sets a pipe's capacity (linux/fcntl.h).
 #define F_SETPIPE_SZ 1031
 
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+// Starts the program at `path` (argv and envp NULL-terminated) as a child that cannot outlive
+// snap: the kernel sends it `death_signal` when the thread that started it ends, however it
+// ends (PR_SET_PDEATHSIG; posix_spawn cannot set it). The child's descriptors 0, 1 and 2 are
+// stdio[0..2] (-1: /dev/null), every other descriptor is closed, the termination signals have
+// their default action and none is blocked, whatever snap itself ignores or blocks.
+// Returns 0 and sets *pid, or returns the errno value of what failed (exec included).
+//
+// Between fork and exec the child only makes system calls (async-signal-safe), as it must in a
+// process with other threads.
+static inline int snap_spawn(pid_t *pid, const char *path, char *const argv[], char *const envp[],
+                             const int stdio[3], int death_signal) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) return errno;
+    pid_t parent = getpid();
+    pid_t child = fork();
+    if (child < 0) {
+        int failure = errno;
+        close(report[0]);
+        close(report[1]);
+        return failure;
+    }
+    if (child == 0) {
+        int failure = 0;
+        if (prctl(PR_SET_PDEATHSIG, death_signal) != 0) {
+            failure = errno;
+            goto fail;
+        }
+        // The parent ended before the death signal was armed: nothing would ever send it.
+        if (getppid() != parent) _exit(127);
+        struct sigaction action;
+        memset(&action, 0, sizeof action);
+        action.sa_handler = SIG_DFL;
+        sigemptyset(&action.sa_mask);
+        const int reset[] = {SIGPIPE, SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGCHLD};
+        for (unsigned i = 0; i < sizeof reset / sizeof reset[0]; i++) sigaction(reset[i], &action, NULL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        // Every source first moves above 2, so that placing one never overwrites another.
+        int sources[3];
+        for (int target = 0; target < 3; target++) {
+            int source = stdio[target];
+            if (source < 0) source = open("/dev/null", target == 0 ? O_RDONLY : O_WRONLY);
+            if (source >= 0) source = fcntl(source, F_DUPFD_CLOEXEC, 3);
+            if (source < 0) {
+                failure = errno;
+                goto fail;
+            }
+            sources[target] = source;
+        }
+        for (int target = 0; target < 3; target++) {
+            if (dup2(sources[target], target) < 0) {
+                failure = errno;
+                goto fail;
+            }
+        }
+        // Descriptors that other code opened without close-on-exec stay with snap; the report
+        // pipe (close-on-exec) stays open until the exec succeeds.
+        if (syscall(SYS_close_range, 3u, ~0u, 4u /* CLOSE_RANGE_CLOEXEC */) != 0) {
+            long limit = sysconf(_SC_OPEN_MAX);
+            for (int fd = 3; fd < (limit > 0 ? limit : 65536); fd++) {
+                if (fd != report[1]) fcntl(fd, F_SETFD, FD_CLOEXEC);
+            }
+        }
+        execve(path, argv, envp);
+        failure = errno;
+    fail:
+        while (write(report[1], &failure, sizeof failure) < 0 && errno == EINTR) {}
+        _exit(127);
+    }
+    close(report[1]);
+    int failure = 0;
+    ssize_t count;
+    do {
+        count = read(report[0], &failure, sizeof failure);
+    } while (count < 0 && errno == EINTR);
+    close(report[0]);
+    if (count == (ssize_t)sizeof failure) {
+        while (waitpid(child, NULL, 0) < 0 && errno == EINTR) {}
+        return failure;
+    }
+    *pid = child;
+    return 0;
+}
+
 #endif

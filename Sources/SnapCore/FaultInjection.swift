@@ -29,7 +29,7 @@ public enum FaultInjection {
         }
     }
 
-    static func step() {
+    public static func step() {
         guard let limit else { return }
         if counter.next() >= limit { kill(getpid(), SIGKILL) }
     }

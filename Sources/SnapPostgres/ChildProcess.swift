@@ -22,8 +22,13 @@ public enum Termination: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-/// A pg_dump or pg_restore child, started with posix_spawn, with its stderr kept in a bounded
-/// buffer.
+/// A pg_dump or pg_restore child, with its stderr kept in a bounded buffer.
+///
+/// Started with `snap_spawn` (CLinux) rather than posix_spawn, for the one thing posix_spawn
+/// cannot do: the child gets SIGKILL from the kernel when the thread that started it ends, so a
+/// pg_restore never goes on loading, nor a pg_dump holding its snapshot, after snap was killed
+/// with SIGKILL (the signals snap can catch reach children through `RunningChildren`). Children
+/// are started from a thread that lives as long as they run (the command's own thread).
 ///
 /// Its stdin and stderr are Unix socket pairs, created close-on-exec in one call: writing to a
 /// child that is gone fails with EPIPE under MSG_NOSIGNAL instead of killing us with SIGPIPE. Its
@@ -61,13 +66,6 @@ final class ChildProcess {
     ) throws {
         self.name = name
         self.errorLimit = errorLimit
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-
         var childEnds: [Int32] = []
         var parentEnds: [Int32] = []
         defer { for item in childEnds { Glibc.close(item) } }
@@ -76,52 +74,38 @@ final class ChildProcess {
             return PostgresError(.process, "cannot start \(name): \(what)", cause: PosixError(code))
         }
 
-        switch input {
-        case .none:
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        case .stream:
+        // What the child gets as descriptors 0, 1 and 2; -1 is /dev/null.
+        var stdio: [Int32] = [-1, -1, -1]
+        if case .stream = input {
             guard let pair = makeChannel() else { throw fail("socketpair", errno) }
             inputFD = pair.parent
             parentEnds.append(pair.parent)
             childEnds.append(pair.child)
             shutdown(pair.parent, Int32(SHUT_RD))
-            posix_spawn_file_actions_adddup2(&actions, pair.child, 0)
+            stdio[0] = pair.child
         }
         if captureOutput {
             guard let pair = makeOutputPipe() else { throw fail("pipe", errno) }
             outputFD = pair.parent
             parentEnds.append(pair.parent)
             childEnds.append(pair.child)
-            posix_spawn_file_actions_adddup2(&actions, pair.child, 1)
-        } else {
-            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            stdio[1] = pair.child
         }
         guard let errorPair = makeChannel() else { throw fail("socketpair", errno) }
         errorFD = errorPair.parent
         parentEnds.append(errorPair.parent)
         childEnds.append(errorPair.child)
         shutdown(errorPair.parent, Int32(SHUT_WR))
-        posix_spawn_file_actions_adddup2(&actions, errorPair.child, 2)
-        // Descriptors other code in this process opened without close-on-exec stay with us.
-        if let addCloseFrom { _ = addCloseFrom(&actions, 3) }
-
-        // A parent that ignores SIGPIPE or blocks signals must not pass that on: pg_dump has to
-        // die when its reader goes away.
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGPIPE, SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGCHLD] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        posix_spawnattr_setsigmask(&attributes, &mask)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        stdio[2] = errorPair.child
 
         let argv = [executable] + arguments
         let envp = environment.map { "\($0.key)=\($0.value)" }.sorted()
         var childPID: pid_t = 0
+        // SIGKILL when snap ends without stopping it (killed with SIGKILL itself, say): a
+        // pg_restore left loading, or a pg_dump holding its snapshot, helps no one.
         let status = withMutableCStringArray(argv) { argv in
             withMutableCStringArray(envp) { envp in
-                posix_spawn(&childPID, executable, &actions, &attributes, argv, envp)
+                snap_spawn(&childPID, executable, argv, envp, stdio, SIGKILL)
             }
         }
         guard status == 0 else { throw fail("\(executable)", status) }
@@ -289,19 +273,11 @@ public enum RunningChildren {
         }
     }
 
-    /// `deferred[0]`: how deep in `deferringTerminationSignals` we are; `deferred[1]`: a signal
-    /// that came meanwhile.
-    nonisolated(unsafe) fileprivate static let deferred: UnsafeMutablePointer<Int32> = {
-        let deferred = UnsafeMutablePointer<Int32>.allocate(capacity: 2)
-        deferred.initialize(repeating: 0, count: 2)
-        return deferred
-    }()
-
     /// Makes SIGTERM, SIGINT and SIGHUP go on to every running child, then end snap as they
     /// would have. A signal snap was started to ignore (`nohup`) stays ignored. Call once, at
     /// startup.
     public static func forwardTerminationSignals() {
-        _ = (slots, deferred)  // initialized here, never first inside the handler
+        _ = slots  // initialized here, never first inside the handler
         var unblocked = sigset_t()
         sigemptyset(&unblocked)
         for signal in [SIGTERM, SIGINT, SIGHUP] {
@@ -317,24 +293,7 @@ public enum RunningChildren {
     }
 }
 
-extension RunningChildren {
-    /// Runs `body` with termination signals held until it returns: steps that must not be cut in
-    /// two (drop a database, rename its replacement into place) finish, then the signal acts.
-    static func deferringTerminationSignals<T>(_ body: () throws -> T) rethrows -> T {
-        deferred[0] += 1
-        defer {
-            deferred[0] -= 1
-            if deferred[0] == 0, deferred[1] != 0 { forwardToChildren(deferred[1]) }
-        }
-        return try body()
-    }
-}
-
 private func forwardToChildren(_ signal: Int32) {
-    if RunningChildren.deferred[0] > 0 {
-        RunningChildren.deferred[1] = signal
-        return
-    }
     for index in 0..<RunningChildren.capacity {
         let pid = RunningChildren.slots[index]
         if pid > 0 { kill(pid, signal) }
@@ -349,16 +308,6 @@ struct PosixError: Error, CustomStringConvertible, Sendable {
     init(_ code: Int32) { self.code = code }
     var description: String { String(cString: strerror(code)) }
 }
-
-/// glibc 2.34's posix_spawn_file_actions_addclosefrom_np, looked up at run time: Swift's Glibc
-/// module does not declare GNU extensions.
-private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-private let addCloseFrom: AddCloseFrom? = {
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else {
-        return nil
-    }
-    return unsafeBitCast(symbol, to: AddCloseFrom.self)
-}()
 
 /// A connected, close-on-exec socket pair: one end for us, one to hand to the child.
 /// stdout is a pipe, not a socket pair: pg_dump writes its output a few KiB at a time, and each

@@ -61,6 +61,13 @@ public struct RestoreSummary: Sendable, Equatable {
     public var notes: [String] = []
     /// pg_restore jobs that did the work.
     public var jobs = 1
+    /// Statements about the database itself that the dump held and the restore applied
+    /// (ALTER DATABASE ... SET, its comment, grants on it, ...).
+    public var databaseSettings = 0
+    /// Whether the dump was loaded into a new database that then replaced the live one (`--clean`).
+    public var replaced = false
+    /// The sessions that were ended to swap the new database in.
+    public var endedSessions: [DatabaseSession] = []
 
     public init(database: String, tables: Int, rows: Int64) {
         self.database = database
@@ -71,28 +78,43 @@ public struct RestoreSummary: Sendable, Equatable {
 
 /// Restores a custom-format dump (`pg_dump -Fc`) into one database with `pg_restore --exit-on-error`.
 ///
-/// The caller decides what happens to what is already there: `requireEmpty()` refuses a target
-/// with user objects (a restore on top of them fails half-way or mixes data), and
-/// `recreateDatabase()` is `--clean`: drop and create it again from template0. Then one of the
-/// `restore` functions runs pg_restore and ANALYZE and returns a summary.
+/// `preflight` checks everything that can be known before a change (pg_restore and the dump's
+/// format and version, the roles the dump needs, the right to replace the target); the caller then
+/// decides what happens to what is there: `requireEmpty()` refuses a target with user objects (a
+/// restore on top of them fails half-way or mixes data), and `prepareReplacement()` is `--clean`:
+/// the dump is loaded into a new database beside the live one, which `commit()` swaps in only
+/// once it is complete (`ReplacementDatabase`). One of the `restore` functions runs pg_restore,
+/// applies the database-level settings the dump holds, runs ANALYZE and returns a summary; a
+/// failure there drops the replacement, leaving the live database as it was.
 ///
-/// Every error names its step: connect, check empty, recreate, pg_restore, analyze.
+/// Every error names its step: connect, check empty, recreate, pg_restore, analyze, swap.
 public final class DumpRestore {
-    public let options: RestoreOptions
-    /// The connection to the target database (replaced by `recreateDatabase()`).
+    public private(set) var options: RestoreOptions
+    /// The connection to the database being loaded: the target, or its replacement.
     public private(set) var connection: PostgresConnection
-    /// The connection limit of a recreated database, set back once the dump is loaded.
-    private var connectionLimit: Int?
+    /// The target database's name, as the server gives it once it is known.
+    public private(set) var database: String
+    /// Where the server is, for messages.
+    private let location: String
+    /// `--clean`: the new database loaded beside the target.
+    private var replacement: ReplacementDatabase?
+    /// The dump's table of contents, when `preflight` read it (else `restore` reads it as the
+    /// dump streams past).
+    private var contents: DumpTableOfContents?
 
-    /// The target database's name.
-    public var database: String { connection.database }
-    private var target: String { "database \"\(connection.database)\" at \(connection.displayLocation)" }
+    /// How messages name what is being loaded.
+    private var target: String {
+        replacement == nil
+            ? "database \"\(database)\" at \(location)" : "the new copy of database \"\(database)\" at \(location)"
+    }
 
     /// Connects to the target database, like psql with the same `conninfo` (nil: libpq's
-    /// environment). The target must exist; `recreateDatabase()` can replace it afterwards.
+    /// environment). The target must exist.
     public init(conninfo: String?, options: RestoreOptions = RestoreOptions()) throws {
         self.options = options
         connection = try PostgresConnection(conninfo: conninfo, applicationName: options.applicationName)
+        database = connection.database
+        location = connection.displayLocation
     }
 
     // MARK: Check empty
@@ -138,12 +160,16 @@ public final class DumpRestore {
         }
     }
 
-    /// Checks, before anything is changed, that pg_restore is there and can read the dump (a
-    /// pg_restore older than the pg_dump that made it cannot), and, with `recreating`, that the
-    /// role may drop the target and create it again with its owner: the storage folder is
-    /// restored alongside, so a refusal must come before either starts.
-    public func preflight(recreating: Bool = false) throws {
-        if recreating {
+    /// Checks, before anything is changed: with `replacing`, that the role may create the target
+    /// again with its owner; that pg_restore is there and can read the dump (a pg_restore older
+    /// than the pg_dump that made it cannot); and, from the dump's first bytes (`contents`), that
+    /// the dump is an archive pg_restore loads at all (not a plain SQL script from an imported
+    /// archive), that the roles owning its objects exist and may be given them (unless
+    /// `noOwner`), and that the roles its grants name exist (unless `noACL`). It also caps the
+    /// jobs at half the server's free connections. The storage folder is restored alongside, so a
+    /// refusal must come before either starts.
+    public func preflight(replacing: Bool = false, contents reading: DumpTableOfContents.Reading? = nil) throws {
+        if replacing {
             let allowed = try? connection.query(
                 """
                 SELECT r.rolsuper OR (r.rolcreatedb AND pg_has_role(current_user, d.datdba, 'MEMBER'))
@@ -153,18 +179,112 @@ public final class DumpRestore {
             guard allowed == "t" else {
                 throw PostgresError(
                     .recreate,
-                    "--clean drops and creates \(target) again, and role \"\(connection.user)\" may not (it needs CREATEDB and membership in the database owner's role); nothing was changed"
+                    "--clean loads the snapshot into a new database and swaps it in for \(target), and role \"\(connection.user)\" may not (it needs CREATEDB and membership in the database owner's role); nothing was changed"
                 )
             }
         }
+        switch reading {
+        case .notCustomFormat(let kind):
+            throw PostgresError(
+                .unreadableDump,
+                "the snapshot's database.dump is \(kind), not a pg_dump custom-format archive, so pg_restore cannot load it; nothing was changed; write it out with `snap export` and load it with psql"
+            )
+        case .unreadable(let reason):
+            options.onNote?(
+                "cannot read the dump's table of contents (\(reason)): the roles it needs are not checked first, and its database-level settings are not carried over"
+            )
+        case .read(let read):
+            contents = read
+            try checkRoles(read)
+        case .needMore, nil:
+            break
+        }
         let tool = try restoreTool()
-        guard let facts = options.dumpFacts, let made = PostgresTools.parseVersionNumber(facts.pgDumpVersion),
+        if let facts = options.dumpFacts, let made = PostgresTools.parseVersionNumber(facts.pgDumpVersion),
             PostgresTools.majorKey(tool.versionNumber) < PostgresTools.majorKey(made)
+        {
+            throw PostgresError(
+                .versionMismatch,
+                "pg_restore \(tool.version) cannot read this dump (made by pg_dump \(facts.pgDumpVersion)); nothing was changed; install postgresql-client-\(PostgresTools.majorVersion(made)) or newer (or set \(PostgresTools.binFolderVariable))"
+            )
+        }
+        capJobs()
+    }
+
+    /// Refuses a dump whose objects belong to roles the target server lacks or the restoring role
+    /// may not give objects to, and one whose grants name missing roles: pg_restore would stop at
+    /// the first such `ALTER ... OWNER` or `GRANT`, half-way through.
+    private func checkRoles(_ contents: DumpTableOfContents) throws {
+        let owners = options.noOwner ? [] : contents.owners
+        let grantees = options.noACL ? [] : contents.grantees
+        let names = owners.union(grantees).sorted()
+        guard !names.isEmpty else { return }
+        // PostgreSQL 16 asks for the right to SET ROLE to the new owner; before, membership.
+        let right = connection.serverVersionNumber >= 160_000 ? "SET" : "MEMBER"
+        let rows = try connection.query(
+            """
+            SELECT wanted.name, r.oid IS NOT NULL, coalesce(me.rolsuper OR pg_has_role(current_user, r.oid, '\(right)'), false)
+            FROM unnest($1::text[]) AS wanted(name) LEFT JOIN pg_roles r ON r.rolname = wanted.name,
+                 pg_roles me WHERE me.rolname = current_user
+            """, [Self.arrayLiteral(names)])
+        let missing = Set(rows.filter { $0[1] == "f" }.compactMap { $0[0] })
+        let notGivable = Set(rows.filter { $0[1] == "t" && $0[2] == "f" }.compactMap { $0[0] })
+        let server = "the server at \(location)"
+        func create(_ roles: [String]) -> String {
+            roles.prefix(3).map { "CREATE ROLE \(connection.quoteIdentifier($0));" }.joined(separator: " ")
+        }
+        if case let absent = owners.intersection(missing).sorted(), !absent.isEmpty {
+            throw PostgresError(
+                .roles,
+                "the dump's objects belong to roles that do not exist on \(server): \(Self.names(absent)); nothing was changed; create them first (\(create(absent))), or pass --no-owner to give every object to role \"\(connection.user)\""
+            )
+        }
+        if case let refused = owners.intersection(notGivable).sorted(), !refused.isEmpty {
+            throw PostgresError(
+                .roles,
+                "role \"\(connection.user)\" may not give the dump's objects to their owners \(Self.names(refused)) (it is neither a superuser nor a member of those roles); nothing was changed; pass --no-owner (every object then belongs to \"\(connection.user)\"), or restore as a superuser"
+            )
+        }
+        if case let absent = grantees.intersection(missing).sorted(), !absent.isEmpty {
+            throw PostgresError(
+                .roles,
+                "the dump grants privileges to roles that do not exist on \(server): \(Self.names(absent)); nothing was changed; create them first (\(create(absent))), or pass --no-acl to leave every grant out"
+            )
+        }
+    }
+
+    /// A few names, quoted, in one line.
+    private static func names(_ names: [String]) -> String {
+        names.prefix(5).map { "\"\($0)\"" }.joined(separator: ", ")
+            + (names.count > 5 ? " and \(names.count - 5) more" : "")
+    }
+
+    /// `values` as a PostgreSQL array literal, for a `text[]` parameter.
+    static func arrayLiteral(_ values: [String]) -> String {
+        let quoted = values.map { value in
+            "\"" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+                + "\""
+        }
+        return "{" + quoted.joined(separator: ",") + "}"
+    }
+
+    /// Each pg_restore job holds a connection: a large `--jobs` would take the server's last free
+    /// connections from the application. Jobs are held to half of those free now.
+    private func capJobs() {
+        guard options.jobs > 1,
+            let value = try? connection.value(
+                """
+                SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int
+                       - coalesce(current_setting('reserved_connections', true)::int, 0)
+                       - (SELECT count(*) FROM pg_stat_activity)::int
+                """), let free = Int(value)
         else { return }
-        throw PostgresError(
-            .versionMismatch,
-            "pg_restore \(tool.version) cannot read this dump (made by pg_dump \(facts.pgDumpVersion)); nothing was changed; install postgresql-client-\(PostgresTools.majorVersion(made)) or newer (or set \(PostgresTools.binFolderVariable))"
+        let allowed = max(1, free / 2)
+        guard options.jobs > allowed else { return }
+        options.onNote?(
+            "--jobs \(options.jobs) would take the server's last free connections (\(max(0, free)) free at \(location)); restoring with \(allowed) job\(allowed == 1 ? "" : "s")"
         )
+        options.jobs = allowed
     }
 
     /// Throws `.targetNotEmpty`, naming a few of the objects found, unless the target is empty.
@@ -174,160 +294,89 @@ public final class DumpRestore {
         let shown = found.prefix(3).joined(separator: ", ") + (found.count > 3 ? ", ..." : "")
         throw PostgresError(
             .targetNotEmpty,
-            "\(target) is not empty (\(shown)); restore into an empty database, or pass --clean to drop and recreate it"
+            "\(target) is not empty (\(shown)); restore into an empty database, or pass --clean to replace it with the snapshot's"
         )
     }
 
-    // MARK: Recreate
+    // MARK: Replacing the target (--clean)
 
-    /// `--clean`: drops the target and creates it again from template0, keeping its encoding,
-    /// collation, ctype, locale provider (and ICU rules), tablespace, connection limit and owner.
-    /// Works from the `postgres` maintenance database (template1 when the target is `postgres`) on
-    /// the same server, as the same user, and ends other sessions on the target (`WITH (FORCE)`,
-    /// PostgreSQL 13 and later).
-    ///
-    /// Database-level settings (ALTER DATABASE ... SET), comments and grants on the database are
-    /// not kept: a `pg_dump -Fc` of one database does not carry them either.
-    ///
-    /// The new database is created first, under a temporary name, and renamed once the old one is
-    /// dropped: a role that may not create databases, or not give them that owner, fails before
-    /// anything is dropped. Only a failed rename, after the drop, leaves the work half done; its
-    /// message says how to finish it.
-    public func recreateDatabase() throws {
-        let version = connection.serverVersionNumber
-        let localeColumns =
-            if version >= 170_000 {
-                "datlocprovider::text, datlocale"
-            } else if version >= 150_000 {
-                "datlocprovider::text, daticulocale"
-            } else {
-                "'c', NULL"
-            }
-        let settings: [String?]
-        do {
-            guard
-                let row = try connection.query(
-                    """
-                    SELECT pg_encoding_to_char(encoding), datcollate, datctype, pg_get_userbyid(datdba), \(localeColumns),
-                           current_database(), (SELECT spcname FROM pg_tablespace WHERE oid = dattablespace),
-                           datconnlimit::text, \(version >= 160_000 ? "daticurules" : "NULL")
-                    FROM pg_database WHERE datname = current_database()
-                    """
-                ).first
-            else { throw PostgresError(.recreate, "the database is missing from pg_database") }
-            settings = row
-        } catch {
-            throw PostgresError(.recreate, "cannot read the settings of \(target) to recreate it", cause: error)
-        }
-        // The name the server gives, not the one asked for (a pooler may map an alias).
-        let name = settings[6] ?? connection.database
-        connectionLimit = settings[8].flatMap { Int($0) }.flatMap { $0 == -1 ? nil : $0 }
+    /// The other sessions on the target now: `--clean` ends them when it swaps the new database
+    /// in, and says so first.
+    public func targetSessions() throws -> [DatabaseSession] {
+        if let replacement { return try replacement.liveSessions() }
+        return try ReplacementDatabase.sessions(on: database, through: connection)
+    }
 
-        let maintenanceName = name == "postgres" ? "template1" : "postgres"
-        let maintenance: PostgresConnection
-        do {
-            maintenance = try connection.connect(toDatabase: maintenanceName, applicationName: options.applicationName)
-        } catch {
-            throw PostgresError(
-                .recreate, "cannot connect to the maintenance database \"\(maintenanceName)\" to recreate \(target)",
-                cause: error)
-        }
-        let location = connection.displayLocation
+    /// `--clean`: creates the new database the dump is then loaded into, beside the target (see
+    /// `ReplacementDatabase`). The target is not touched until `commit()`.
+    public func prepareReplacement() throws {
+        let created = try ReplacementDatabase(
+            replacing: connection, applicationName: options.applicationName, onNote: { self.options.onNote?($0) })
+        replacement = created
+        database = created.liveName
         connection.close()
-
-        let quotedName = maintenance.quoteIdentifier(name)
-        // At most 63 bytes (NAMEDATALEN - 1), cut on a character boundary.
-        var base = "snap_restore_" + String(UInt32.random(in: .min ... .max), radix: 16) + "_"
-        for character in name where base.utf8.count + String(character).utf8.count <= 63 { base.append(character) }
-        let replacement = base
-        let quotedReplacement = maintenance.quoteIdentifier(replacement)
-        var create = "CREATE DATABASE \(quotedReplacement) TEMPLATE template0"
-        if let encoding = settings[0] { create += " ENCODING \(maintenance.quoteLiteral(encoding))" }
-        if let collate = settings[1] { create += " LC_COLLATE \(maintenance.quoteLiteral(collate))" }
-        if let ctype = settings[2] { create += " LC_CTYPE \(maintenance.quoteLiteral(ctype))" }
-        if version >= 150_000 {
-            switch settings[4] {
-            case "i":
-                create += " LOCALE_PROVIDER icu"
-                if let locale = settings[5] { create += " ICU_LOCALE \(maintenance.quoteLiteral(locale))" }
-            case "b":
-                create += " LOCALE_PROVIDER builtin"
-                if let locale = settings[5] { create += " BUILTIN_LOCALE \(maintenance.quoteLiteral(locale))" }
-            default:
-                create += " LOCALE_PROVIDER libc"
-            }
-        }
-        if version >= 160_000, settings[4] == "i", let rules = settings[9] {
-            create += " ICU_RULES \(maintenance.quoteLiteral(rules))"
-        }
-        if let tablespace = settings[7], tablespace != "pg_default" {
-            create += " TABLESPACE \(maintenance.quoteIdentifier(tablespace))"
-        }
-        if let owner = settings[3] { create += " OWNER \(maintenance.quoteIdentifier(owner))" }
-        let drop = "DROP DATABASE IF EXISTS \(quotedName)" + (version >= 130_000 ? " WITH (FORCE)" : "")
-        // Stopping snap between the drop and the rename would leave the target missing.
-        try RunningChildren.deferringTerminationSignals {
-            do {
-                try maintenance.execute(create)
-            } catch {
-                throw PostgresError(
-                    .recreate,
-                    "cannot create the database that replaces \"\(name)\" at \(location) (the role needs CREATEDB, and membership in the owner's role); nothing was changed",
-                    cause: error)
-            }
-            do {
-                try maintenance.execute(drop)
-            } catch {
-                let cleaned = (try? maintenance.execute("DROP DATABASE IF EXISTS \(quotedReplacement)")) != nil
-                throw PostgresError(
-                    .recreate,
-                    "cannot drop database \"\(name)\" at \(location) to replace it; "
-                        + (cleaned
-                            ? "nothing was changed"
-                            : "it is unchanged, but the empty database \"\(replacement)\" was left: drop it"),
-                    cause: error)
-            }
-            do {
-                try maintenance.execute("ALTER DATABASE \(quotedReplacement) RENAME TO \(quotedName)")
-            } catch {
-                throw PostgresError(
-                    .recreate,
-                    "database \"\(name)\" was dropped but its empty replacement \"\(replacement)\" could not be renamed; run ALTER DATABASE \(quotedReplacement) RENAME TO \(quotedName), then restore again",
-                    cause: error)
-            }
-        }
-        noteLeftoverReplacements(on: maintenance)
         do {
-            connection = try maintenance.connect(toDatabase: name, applicationName: options.applicationName)
+            connection = try created.connect()
         } catch {
-            throw PostgresError(.recreate, "cannot connect to the recreated database \"\(name)\"", cause: error)
+            created.drop()
+            replacement = nil
+            throw (error as? PostgresError ?? PostgresError(.recreate, "\(error)")).adding(
+                "; it was dropped, and database \"\(database)\" was not changed")
         }
     }
 
-    /// Says which replacement databases an earlier `--clean` left behind: only one killed with
-    /// SIGKILL between its create and its rename leaves one (another restore running now has one
-    /// for a moment). They are named, never dropped here: a database snap did not create in this
-    /// run is not snap's to remove.
-    private func noteLeftoverReplacements(on maintenance: PostgresConnection) {
-        guard
-            let names = try? maintenance.query(
-                "SELECT datname FROM pg_database WHERE datname ~ '^snap_restore_[0-9a-f]+_' ORDER BY datname"
-            ).compactMap({ $0.first ?? nil }), !names.isEmpty
-        else { return }
-        let shown = names.prefix(3).map { "\"\($0)\"" }.joined(separator: ", ") + (names.count > 3 ? ", ..." : "")
-        options.onNote?(
-            "\(names.count == 1 ? "database" : "\(names.count) databases") \(shown) \(names.count == 1 ? "is" : "are") left from an interrupted restore --clean (or belong to one running now); drop \(names.count == 1 ? "it" : "them") once no restore runs"
-        )
+    /// `--clean`, once the load and everything restored alongside succeeded: swaps the new
+    /// database in for the target and drops the old one. Does nothing without a replacement.
+    public func commit() throws -> [DatabaseSession] {
+        guard let replacement else { return [] }
+        connection.close()  // a database with sessions cannot be renamed
+        do {
+            let ended = try replacement.swap(onNote: { options.onNote?($0) })
+            self.replacement = nil
+            return ended
+        } catch let error as PostgresError {
+            discard()
+            throw error.adding("; the restored copy was dropped, and database \"\(database)\" was not changed")
+        }
+    }
+
+    /// Drops the replacement of a `--clean` restore that will not be committed (something restored
+    /// alongside failed). Without a replacement it does nothing: a restore straight into an empty
+    /// target cannot be undone here.
+    public func discard() {
+        guard let replacement else { return }
+        connection.close()
+        replacement.drop()
+        self.replacement = nil
+    }
+
+    /// Runs `body`; when it fails with a replacement in place, drops it and says that the target
+    /// was not changed.
+    private func droppingReplacementOnFailure<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch {
+            guard replacement != nil else { throw error }
+            let dropped = replacement?.drop() ?? false
+            replacement = nil
+            let outcome =
+                dropped
+                ? "; the new copy was dropped, and database \"\(database)\" was not changed"
+                : "; database \"\(database)\" was not changed (drop the unfinished copy snap_restore_… left beside it)"
+            throw (error as? PostgresError ?? PostgresError(.restoreFailed, "\(error)")).adding(outcome)
+        }
     }
 
     // MARK: Restore
 
     /// Restores a dump read from `read` (which fills the buffer and returns the count, 0 at the
-    /// end, like `DatabaseDump.read`), then runs ANALYZE.
+    /// end, like `DatabaseDump.read`), applies the database-level settings it holds, then runs
+    /// ANALYZE.
     ///
     /// With `jobs` 1 the bytes go straight to pg_restore's stdin. With more, they are written to a
     /// temporary file first (removed afterwards) and `restore(fromFile:)` runs. When `read` throws,
-    /// pg_restore is stopped and the error is rethrown inside a `.restoreFailed` error: the target
+    /// pg_restore is stopped and the error is rethrown inside a `.restoreFailed` error. Any
+    /// failure drops a replacement (`--clean`: the target is unchanged); without one the target
     /// is then partly restored.
     ///
     /// `size` is the dump's size when known: a parallel restore whose temporary folder has less
@@ -336,6 +385,23 @@ public final class DumpRestore {
     public func restore(size: UInt64? = nil, reading read: (UnsafeMutableRawBufferPointer) throws -> Int) throws
         -> RestoreSummary
     {
+        try withoutActuallyEscaping(read) { read in
+            try droppingReplacementOnFailure { try load(reading: read, size: size) }
+        }
+    }
+
+    private func load(reading read: @escaping (UnsafeMutableRawBufferPointer) throws -> Int, size: UInt64?) throws
+        -> RestoreSummary
+    {
+        // The table of contents comes first in the stream: read it on the way when preflight
+        // did not, for the database-level settings.
+        var collector = TableOfContentsCollector(keepText: true)
+        let collecting = contents == nil
+        let reading = { (buffer: UnsafeMutableRawBufferPointer) throws -> Int in
+            let count = try read(buffer)
+            if collecting { collector.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<count])) }
+            return count
+        }
         var notes: [String] = []
         if options.jobs > 1 {
             let folder = spoolFolder
@@ -352,18 +418,20 @@ public final class DumpRestore {
             if let note = notes.last {
                 options.onNote?(note)
             } else {
-                let copy = try spool(read)
-                return try withExtendedLifetime(copy) { try restore(fromFile: copy.path) }
+                let copy = try spool(reading)
+                collector.finish()
+                if collecting, case .read(let read) = collector.reading { contents = read }
+                return try withExtendedLifetime(copy) { try loadFile(copy.path) }
             }
         }
         let tool = try restoreTool()
         let process = try ChildProcess(
-            name: "pg_restore", executable: tool.path, arguments: arguments(file: nil), environment: childEnvironment(),
-            input: .stream, captureOutput: false, errorLimit: options.stderrLimit)
+            name: "pg_restore", executable: tool.path, arguments: arguments(file: nil),
+            environment: childEnvironment(), input: .stream, captureOutput: false, errorLimit: options.stderrLimit)
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         do {
             while true {
-                let count = try buffer.withUnsafeMutableBytes { try read($0) }
+                let count = try buffer.withUnsafeMutableBytes { try reading($0) }
                 if count == 0 { break }
                 let accepted = try buffer.withUnsafeBytes {
                     try process.write(UnsafeRawBufferPointer(rebasing: $0[0..<count]))
@@ -376,29 +444,123 @@ public final class DumpRestore {
             // A failed write to pg_restore is a PostgresError of its own; anything else came from `read`.
             let step = error is PostgresError ? "sending the dump to pg_restore failed" : "reading the dump failed"
             throw PostgresError(
-                .restoreFailed, "\(step); pg_restore was stopped and \(target) is partly restored", cause: error)
+                .restoreFailed, "\(step); pg_restore was stopped" + (partlyRestored.map { " and \($0)" } ?? ""),
+                cause: error)
         }
         process.closeInput()
         try check(process.wait(), stderr: process.errorText, tool: tool)
+        collector.finish()
+        if collecting, case .read(let read) = collector.reading { contents = read }
         var summary = try finishLoad()
         summary.notes = notes
         return summary
     }
 
-    /// What follows a load that pg_restore finished: ANALYZE, then the recreated database's
-    /// connection limit (set at CREATE, a limit of 0 or below the jobs would have refused
-    /// pg_restore's own sessions).
-    private func finishLoad() throws -> RestoreSummary {
-        let summary = try analyze()
-        guard let limit = connectionLimit else { return summary }
-        do {
-            try connection.execute(
-                "ALTER DATABASE \(connection.quoteIdentifier(connection.database)) CONNECTION LIMIT \(limit)")
-        } catch {
-            throw PostgresError(
-                .analyze, "restored, but the connection limit \(limit) of \(target) was not set back", cause: error)
+    /// What a failed load leaves, for messages: a replacement is dropped (and the caller says so),
+    /// a target loaded straight is partly restored.
+    private var partlyRestored: String? {
+        replacement != nil
+            ? nil
+            : "\(target) is partly restored (it was empty): drop and create it again before another restore into it, or restore with --clean"
+    }
+
+    /// Restores the dump in the file at `path` (pg_restore reads it itself, with `--jobs` when
+    /// asked), applies its database-level settings, then runs ANALYZE. A failure drops a
+    /// replacement, as `restore(size:reading:)` does.
+    public func restore(fromFile path: String) throws -> RestoreSummary {
+        try droppingReplacementOnFailure {
+            if contents == nil, let handle = FileHandle(forReadingAtPath: path) {
+                var collector = TableOfContentsCollector(keepText: true)
+                while !collector.isDecided {
+                    let data = handle.readData(ofLength: 1 << 20)
+                    if data.isEmpty { break }
+                    data.withUnsafeBytes { collector.feed($0) }
+                }
+                collector.finish()
+                if case .read(let read) = collector.reading { contents = read }
+            }
+            return try loadFile(path)
         }
+    }
+
+    private func loadFile(_ path: String) throws -> RestoreSummary {
+        let tool = try restoreTool()
+        let process = try ChildProcess(
+            name: "pg_restore", executable: tool.path, arguments: arguments(file: path),
+            environment: childEnvironment(), input: .none, captureOutput: false, errorLimit: options.stderrLimit)
+        try check(process.wait(), stderr: process.errorText, tool: tool)
+        var summary = try finishLoad()
+        summary.jobs = max(1, options.jobs)
         return summary
+    }
+
+    /// What follows a load that pg_restore finished: the database-level settings of the dump,
+    /// ANALYZE, and for a replacement the target's connection limit, unless the dump set its own
+    /// (at CREATE, a limit of 0 or below the jobs would have refused pg_restore's own sessions).
+    private func finishLoad() throws -> RestoreSummary {
+        FaultInjection.step()
+        let settings = try applyDatabaseSettings()
+        var summary = try analyze()
+        summary.databaseSettings = settings.applied
+        summary.replaced = replacement != nil
+        if let limit = replacement?.liveConnectionLimit, !settings.setConnectionLimit {
+            do {
+                try connection.execute(
+                    "ALTER DATABASE \(connection.quoteIdentifier(connection.database)) CONNECTION LIMIT \(limit)")
+            } catch {
+                throw PostgresError(
+                    .analyze, "cannot give \(target) the connection limit \(limit) of the database it replaces",
+                    cause: error)
+            }
+        }
+        FaultInjection.step()
+        return summary
+    }
+
+    /// Applies the entries about the database itself that the dump holds (DATABASE PROPERTIES:
+    /// ALTER DATABASE ... SET, ALTER ROLE ... IN DATABASE ... SET, a connection limit; COMMENT ON
+    /// DATABASE; grants on it; security labels), pointed at the database being loaded. pg_restore
+    /// applies them only with `--create`, which would create the database under the dumped name
+    /// itself; without them a restored app loses its search_path, time zone or grants.
+    ///
+    /// On a replacement a statement that fails fails the restore (the target stays as it was);
+    /// loaded straight into a target, the data is in, and a failed statement becomes a note. A
+    /// per-role setting for a role this server lacks is left out with a note either way.
+    private func applyDatabaseSettings() throws -> (applied: Int, setConnectionLimit: Bool) {
+        guard let contents else { return (0, false) }
+        var applied = 0
+        var setConnectionLimit = false
+        let name = connection.quoteIdentifier(connection.database)
+        for entry in contents.databaseLevelEntries where !(entry.desc == "ACL" && options.noACL) {
+            for statement in SQLText.statements(entry.definition) ?? [] {
+                let shown = String(oneLine(statement).prefix(120))
+                guard let pointed = SQLText.renamingDatabase(in: statement, from: contents.databaseName, to: name)
+                else {
+                    options.onNote?(
+                        "not carried over from the dump: `\(shown)` (it names no database to point at \(target))")
+                    continue
+                }
+                do {
+                    try connection.execute(pointed)
+                } catch let error as PostgresError {
+                    let reason = error.cause.map { "\($0)" } ?? error.message
+                    let perRole = SQLText.tokens(statement)?.prefix(2).map(\.value) == ["alter", "role"]
+                    if replacement != nil && !(perRole && error.sqlState == "42704") {
+                        throw PostgresError(
+                            .restoreFailed, "cannot apply the database setting `\(shown)` of the snapshot to \(target)",
+                            cause: error.cause ?? error)
+                    }
+                    options.onNote?("not carried over from the dump: `\(shown)` (\(reason))")
+                    continue
+                }
+                applied += 1
+                let words = SQLText.tokens(statement)?.map(\.value) ?? []
+                if zip(words, words.dropFirst()).contains(where: { $0 == ("connection", "limit") }) {
+                    setConnectionLimit = true
+                }
+            }
+        }
+        return (applied, setConnectionLimit)
     }
 
     private var spoolFolder: String {
@@ -419,20 +581,6 @@ public final class DumpRestore {
         return UInt64(status.f_bavail) * UInt64(status.f_frsize)
     }
 
-    /// Restores the dump in the file at `path` (pg_restore reads it itself, with `--jobs` when
-    /// asked), then runs ANALYZE.
-    public func restore(fromFile path: String) throws -> RestoreSummary {
-        let tool = try restoreTool()
-        let process = try ChildProcess(
-            name: "pg_restore", executable: tool.path, arguments: arguments(file: path),
-            environment: childEnvironment(),
-            input: .none, captureOutput: false, errorLimit: options.stderrLimit)
-        try check(process.wait(), stderr: process.errorText, tool: tool)
-        var summary = try finishLoad()
-        summary.jobs = max(1, options.jobs)
-        return summary
-    }
-
     /// Runs ANALYZE on the target, so the planner has statistics from the first query and the
     /// row counts below are right, then sums up what is there.
     public func analyze() throws -> RestoreSummary {
@@ -447,7 +595,7 @@ public final class DumpRestore {
                 """
             ).first
             return RestoreSummary(
-                database: connection.database, tables: Int(row?[0] ?? "") ?? 0, rows: Int64(row?[1] ?? "") ?? 0)
+                database: database, tables: Int(row?[0] ?? "") ?? 0, rows: Int64(row?[1] ?? "") ?? 0)
         } catch {
             throw PostgresError(.analyze, "restored, but ANALYZE of \(target) failed", cause: error)
         }
@@ -461,10 +609,12 @@ public final class DumpRestore {
     }
 
     private func arguments(file: String?) -> [String] {
-        // A connection string with only dbname: a name containing '=' stays a name. The rest of
-        // the connection comes from the environment, so no password is ever on the command line.
+        // A connection string with only dbname, quoted as libpq reads a connection string (not
+        // as SQL): a name with '=', a quote or a backslash stays that name. The rest of the
+        // connection comes from the environment, so no password is ever on the command line.
         var arguments = [
-            "--exit-on-error", "--no-password", "--dbname=dbname=\(connection.quoteLiteral(connection.database))",
+            "--exit-on-error", "--no-password",
+            "--dbname=dbname=\(PostgresConnection.conninfoQuoted(connection.database))",
         ]
         if options.noOwner { arguments.append("--no-owner") }
         if options.noACL { arguments.append("--no-acl") }
@@ -499,7 +649,9 @@ public final class DumpRestore {
                     + " to restore into PostgreSQL \(targetVersion) at \(connection.displayLocation): \(reason ?? "unsupported version"); the dump is newer than the target's tools: restore into a server at least as new as the dump's, or install \(needed) (or set \(PostgresTools.binFolderVariable))"
             )
         }
-        var message = "pg_restore into \(target) failed (\(termination))" + (reason.map { ": \($0)" } ?? "")
+        var message =
+            "pg_restore into \(target) failed (\(termination))" + (reason.map { ": \($0)" } ?? "")
+            + (partlyRestored.map { "; \($0)" } ?? "")
         if let facts = options.dumpFacts,
             PostgresTools.majorKey(facts.serverVersionNumber) > PostgresTools.majorKey(connection.serverVersionNumber)
         {
@@ -560,34 +712,5 @@ public final class DumpRestore {
                 .restoreFailed, "reading the dump failed; nothing was restored into \(target)", cause: error)
         }
         return copy
-    }
-}
-
-/// The temporary copy of a dump for a parallel restore, open for as long as the value lives.
-///
-/// Where /proc lets pg_restore open the copy through this process's descriptor, its name is
-/// removed at once: however snap ends (killed, even), the copy, a whole database, goes with it.
-/// Elsewhere it keeps its private name (0600) until the value is released.
-final class SpooledDump {
-    private let fd: Int32
-    /// What pg_restore opens: /proc/PID/fd/N, or the file's name.
-    let path: String
-    private let name: String?
-
-    init(fd: Int32, name: String) {
-        self.fd = fd
-        let handle = "/proc/\(getpid())/fd/\(fd)"
-        if access(handle, R_OK) == 0 && unlink(name) == 0 {
-            path = handle
-            self.name = nil
-        } else {
-            path = name
-            self.name = name
-        }
-    }
-
-    deinit {
-        if let name { unlink(name) }
-        close(fd)
     }
 }

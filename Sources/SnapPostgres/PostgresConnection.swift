@@ -288,6 +288,12 @@ public final class PostgresConnection {
         return "'" + text.replacingOccurrences(of: "'", with: "''") + "'"
     }
 
+    /// `value` quoted as a value of a libpq connection string (`dbname='it\\'s'`): in single
+    /// quotes, with `\\` and `'` escaped by a backslash. Not SQL quoting, which doubles quotes.
+    public static func conninfoQuoted(_ value: String) -> String {
+        "'" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
+    }
+
     // MARK: Connection failures
 
     /// Whether libpq reads `conninfo` as a connection string (a URI, or `key=value` pairs: its own

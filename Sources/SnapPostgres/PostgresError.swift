@@ -34,6 +34,13 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
         public static let restoreFailed = Code(name: "restore-failed")
         /// ANALYZE or the row summary after a restore failed.
         public static let analyze = Code(name: "analyze")
+        /// The dump is not an archive pg_restore can load (a plain SQL script, say).
+        public static let unreadableDump = Code(name: "unreadable-dump")
+        /// The roles the dump's objects belong to, or its grants name, are missing on the target
+        /// server, or the restoring role may not give objects to them.
+        public static let roles = Code(name: "roles")
+        /// Swapping the loaded copy in for the live database (`--clean`) failed.
+        public static let swap = Code(name: "swap")
     }
 
     public var code: Code
@@ -47,6 +54,11 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
         self.message = message
         self.cause = cause
         self.sqlState = sqlState ?? (cause as? PostgresError)?.sqlState
+    }
+
+    /// The same error with `text` added to its message: what became of the data, say.
+    public func adding(_ text: String) -> PostgresError {
+        PostgresError(code, message + text, cause: cause, sqlState: sqlState)
     }
 
     /// One line: libpq's and the tools' messages span lines, which a log line or a terminal

@@ -154,7 +154,7 @@ struct RestoreTests {
         #expect(try cluster.pgDumpPlain(database: target) == source.plain)
     }
 
-    @Test func recreateGivesAnEmptyDatabaseWithTheSameEncodingAndOwner() throws {
+    @Test func replacementKeepsTheEncodingAndOwnerAndSwapsInOnlyWhenLoaded() throws {
         let cluster = try TestCluster.start()
         let source = try dumpSource(cluster, prefix: "clean")
         let target = cluster.uniqueDatabaseName("cleaned")
@@ -168,12 +168,12 @@ struct RestoreTests {
             _ = try? cluster.psql("DROP ROLE IF EXISTS \(owner)")
         }
         try cluster.psql("CREATE TABLE items (id int); INSERT INTO items VALUES (1);", database: target)
-        // Another session on the target does not stop the drop.
+        // Another session on the target: ended at the swap, not before.
         let bystander = try PostgresConnection(conninfo: cluster.conninfo(database: target))
 
         let restore = try DumpRestore(conninfo: cluster.conninfo(database: target))
         #expect(throws: PostgresError.self) { try restore.requireEmpty() }
-        try restore.recreateDatabase()
+        try restore.prepareReplacement()
         #expect(try restore.userObjects().isEmpty)
         #expect(
             try restore.connection.value(
@@ -181,14 +181,24 @@ struct RestoreTests {
         #expect(
             try restore.connection.value(
                 "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()") == owner)
-        #expect(throws: PostgresError.self) { try bystander.execute("SELECT 1") }
 
         let summary = try restore.restore(reading: ByteReader(source.bytes).read)
         #expect(summary.rows == 620)
+        #expect(summary.replaced)
+        // Loaded, not yet swapped: the target still holds its own table, and its session lives.
+        #expect(try cluster.psql("SELECT count(*) FROM items", database: target) == "1")
+        #expect(try bystander.value("SELECT 1") == "1")
+        let ended = try restore.commit()
+        #expect(ended.count == 1)
+        #expect(throws: PostgresError.self) { try bystander.execute("SELECT 1") }
         // pg_dump writes the database's encoding into the plain dump: the only expected difference.
         let restoredPlain = try cluster.pgDumpPlain(database: target)
         #expect(restoredPlain.contains("SET client_encoding = 'LATIN1';"))
         #expect(restoredPlain.replacingOccurrences(of: "'LATIN1'", with: "'UTF8'") == source.plain)
+        #expect(
+            try cluster.psql(
+                "SELECT count(*) FROM pg_database WHERE datname ~ '^snap_(restore|replaced)_[0-9a-f]+_\(target)$'")
+                == "0")
     }
 
     @Test func pgRestoreFailureNamesTheStepAndReason() throws {
