@@ -193,20 +193,12 @@ public final class SnapshotBuilder {
                 size: stream.size, chunks: stream.chunks))
     }
 
-    /// The newest snapshot of the same database whose dump is provably still exact, and its dump
-    /// entry: same cluster (system identifier), database, WAL position, sequence states and
-    /// pg_dump version, and no unlogged tables (their changes write no WAL). Anything unknown
-    /// means no. Every chunk of that dump must also still be in the repository (else dumping
-    /// again stores what is missing).
+    /// The newest snapshot of the same database whose dump is provably still exact
+    /// (`DatabaseFacts.provesSameState`), and its dump entry. Every chunk of that dump must also
+    /// still be in the repository (else dumping again stores what is missing).
     private func unchangedDump(_ facts: DatabaseFacts, writer: SnapshotWriter) throws -> (Snapshot, ManifestEntry)? {
-        guard !facts.systemIdentifier.isEmpty, !facts.walPosition.isEmpty, facts.unloggedTables == 0,
-            let digest = facts.sequencesDigest
-        else { return nil }
         let parent = try repository.snapshots().snapshots.last { snapshot in
-            guard let old = snapshot.record.sources.database else { return false }
-            return old.systemIdentifier == facts.systemIdentifier && old.name == facts.name
-                && old.walPosition == facts.walPosition && old.sequencesDigest == digest
-                && old.unloggedTables == 0 && old.pgDumpVersion == facts.pgDumpVersion
+            snapshot.record.sources.database.map(facts.provesSameState) ?? false
         }
         guard let parent,
             let entry = try ManifestReader(repository: repository).databaseEntry(parent.record.manifest),

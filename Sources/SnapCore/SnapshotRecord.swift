@@ -153,6 +153,12 @@ public struct DatabaseFacts: Codable, Sendable, Equatable {
     public var unloggedTables: Int?
     /// MD5 of every sequence's state: `nextval` can move a sequence without writing WAL.
     public var sequencesDigest: String?
+    /// The dump's transaction snapshot as PostgreSQL describes it, `xmin:xmax:xip,...`
+    /// (`pg_current_snapshot()`): which transactions had completed when it was taken. Two dumps
+    /// with the same description (and WAL position) see the same committed transactions: any
+    /// transaction that completes in between either leaves the in-progress list or moves `xmax`.
+    /// nil in records of snap versions that did not record it: never reused.
+    public var transactionSnapshot: String?
     /// How the dump's data is spread over its tables, learned as it streamed; decides whether a
     /// restore runs pg_restore in parallel by default.
     public var tableData: TableData?
@@ -188,6 +194,21 @@ public struct DatabaseFacts: Codable, Sendable, Equatable {
         }
     }
 
+    /// Whether a new dump with these facts would hold exactly what the earlier dump of `earlier`
+    /// holds, so that dump can be reused: the same cluster (system identifier), database, WAL
+    /// position, transaction snapshot, sequence states and pg_dump version, and no unlogged
+    /// tables (their changes write no WAL). Anything unknown means no. docs/FORMAT.md §6.2 argues
+    /// why this is enough.
+    public func provesSameState(as earlier: DatabaseFacts) -> Bool {
+        guard !systemIdentifier.isEmpty, !walPosition.isEmpty, unloggedTables == 0, let sequencesDigest,
+            let transactionSnapshot
+        else { return false }
+        return earlier.systemIdentifier == systemIdentifier && earlier.name == name
+            && earlier.walPosition == walPosition && earlier.transactionSnapshot == transactionSnapshot
+            && earlier.sequencesDigest == sequencesDigest && earlier.unloggedTables == 0
+            && earlier.pgDumpVersion == pgDumpVersion
+    }
+
     public init(
         name: String, host: String?, port: String?, user: String?, serverVersion: String,
         serverVersionNumber: Int, encoding: String, sizeBytes: Int64, inRecovery: Bool,
@@ -218,6 +239,7 @@ public struct DatabaseFacts: Codable, Sendable, Equatable {
         case pgDumpVersion = "pg_dump_version"
         case unloggedTables = "unlogged_tables"
         case sequencesDigest = "sequences_digest"
+        case transactionSnapshot = "transaction_snapshot"
         case tableData = "table_data"
     }
 }

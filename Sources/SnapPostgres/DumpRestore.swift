@@ -182,6 +182,7 @@ public final class DumpRestore {
                     "--clean loads the snapshot into a new database and swaps it in for \(target), and role \"\(connection.user)\" may not (it needs CREATEDB and membership in the database owner's role); nothing was changed"
                 )
             }
+            ReplacementDatabase.noteLeftovers(on: connection) { options.onNote?($0) }
         }
         switch reading {
         case .notCustomFormat(let kind):
@@ -310,8 +311,7 @@ public final class DumpRestore {
     /// `--clean`: creates the new database the dump is then loaded into, beside the target (see
     /// `ReplacementDatabase`). The target is not touched until `commit()`.
     public func prepareReplacement() throws {
-        let created = try ReplacementDatabase(
-            replacing: connection, applicationName: options.applicationName, onNote: { self.options.onNote?($0) })
+        let created = try ReplacementDatabase(replacing: connection, applicationName: options.applicationName)
         replacement = created
         database = created.liveName
         connection.close()

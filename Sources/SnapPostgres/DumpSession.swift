@@ -24,8 +24,8 @@ public struct DumpOptions {
 
 /// A running `pg_dump` of one database, for `SnapshotBuilder.run(dump:)`.
 ///
-/// Opening a session connects, starts a `REPEATABLE READ, READ ONLY` transaction, exports its
-/// snapshot and reads the facts (size, WAL position, ...) inside that same transaction, then
+/// Opening a session connects, reads the WAL position, starts a `REPEATABLE READ, READ ONLY`
+/// transaction, exports its snapshot and reads the other facts (size, ...) inside it, then
 /// starts `pg_dump --snapshot=<id> -Fc -Z0`. pg_dump therefore dumps exactly the state the facts
 /// describe, and the transaction stays open until pg_dump has ended, because an exported snapshot
 /// lives only as long as the transaction that exported it. The dump is uncompressed (-Z0) so
@@ -68,12 +68,23 @@ public final class DumpSession: DatabaseDump {
             "pg_dump", serverVersionNumber: connection.serverVersionNumber, requireServerMajor: true,
             environment: options.environment)
         do {
+            // The WAL position before the snapshot, and what was in progress when it was taken:
+            // see `readFacts`.
+            let walPosition = try Self.walPosition(connection)
             try connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            guard let snapshot = try connection.value("SELECT pg_export_snapshot()") else {
+            // The snapshot's own description (xmin:xmax:in-progress xids), read in the statement
+            // that takes it: see `DatabaseFacts.transactionSnapshot`.
+            let description =
+                connection.serverVersionNumber >= 130_000
+                ? "pg_current_snapshot()::text" : "txid_current_snapshot()::text"
+            guard let row = try connection.query("SELECT pg_export_snapshot(), \(description)").first,
+                let snapshot = row[0]
+            else {
                 throw PostgresError(.query, "pg_export_snapshot() returned NULL")
             }
             snapshotID = snapshot
-            facts = try Self.readFacts(connection, pgDumpVersion: pgDump.version)
+            facts = try Self.readFacts(connection, pgDumpVersion: pgDump.version, walPosition: walPosition)
+            facts.transactionSnapshot = row[1]
         } catch {
             throw PostgresError(.query, "cannot start a consistent dump of \(subject)", cause: error)
         }
@@ -158,20 +169,17 @@ public final class DumpSession: DatabaseDump {
         }
     }
 
-    /// Reads the facts in the dump's transaction. Functions a plain role may not run
-    /// (pg_control_system) are checked first instead of failing the transaction; their fact is
-    /// then left empty.
-    static func readFacts(_ connection: PostgresConnection, pgDumpVersion: String) throws -> DatabaseFacts {
-        let rows = try connection.query(
-            """
-            SELECT current_setting('server_version'), current_setting('server_version_num'), current_database(),
-                   pg_database_size(current_database()), pg_encoding_to_char(d.encoding), pg_is_in_recovery()
-            FROM pg_database d WHERE d.datname = current_database()
-            """)
-        guard let row = rows.first, row.count == 6 else {
-            throw PostgresError(.query, "the current database is missing from pg_database")
-        }
-        let inRecovery = row[5] == "t"
+    /// The WAL insert position (on a standby, the replay position), or "" when the role may not
+    /// read it.
+    ///
+    /// Read just before the dump's snapshot is taken, never after: a transaction that commits
+    /// between the snapshot and a later reading would be in the recorded position but not in the
+    /// dump. Even read before, a position alone does not prove a state: a transaction whose commit
+    /// record is already written may become visible only after the snapshot (a synchronous
+    /// commit waiting for its flush or standby), with no WAL after it. The dump's transaction
+    /// snapshot is recorded beside it for that (docs/FORMAT.md §6.2).
+    static func walPosition(_ connection: PostgresConnection) throws -> String {
+        let inRecovery = try connection.value("SELECT pg_is_in_recovery()") == "t"
         let modern = connection.serverVersionNumber >= 100_000
         let lsnFunction =
             switch (inRecovery, modern) {
@@ -183,7 +191,26 @@ public final class DumpSession: DatabaseDump {
             case (false, false): "pg_current_xlog_insert_location()"
             case (true, false): "pg_last_xlog_replay_location()"
             }
-        let walPosition = try optionalFact(connection, function: lsnFunction, sql: "SELECT \(lsnFunction)::text")
+        return try optionalFact(connection, function: lsnFunction, sql: "SELECT \(lsnFunction)::text")
+    }
+
+    /// Reads the facts in the dump's transaction (`walPosition` was read just before it).
+    /// Functions a plain role may not run (pg_control_system) are checked first instead of
+    /// failing the transaction; their fact is then left empty.
+    static func readFacts(_ connection: PostgresConnection, pgDumpVersion: String, walPosition: String) throws
+        -> DatabaseFacts
+    {
+        let rows = try connection.query(
+            """
+            SELECT current_setting('server_version'), current_setting('server_version_num'), current_database(),
+                   pg_database_size(current_database()), pg_encoding_to_char(d.encoding), pg_is_in_recovery()
+            FROM pg_database d WHERE d.datname = current_database()
+            """)
+        guard let row = rows.first, row.count == 6 else {
+            throw PostgresError(.query, "the current database is missing from pg_database")
+        }
+        let inRecovery = row[5] == "t"
+        let modern = connection.serverVersionNumber >= 100_000
         let systemIdentifier = try optionalFact(
             connection, function: "pg_control_system()", sql: "SELECT system_identifier::text FROM pg_control_system()")
         var facts = DatabaseFacts(

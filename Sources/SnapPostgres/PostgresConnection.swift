@@ -94,7 +94,7 @@ public final class PostgresConnection {
     /// messages name the server.
     public var displayLocation: String { Self.location(host: host, port: port) }
 
-    static func location(host: String, port: String) -> String {
+    public static func location(host: String, port: String) -> String {
         if host.hasPrefix("/") || host.hasPrefix("@") { return "socket \(host)/.s.PGSQL.\(port)" }
         return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
@@ -317,7 +317,7 @@ public final class PostgresConnection {
 
     /// Refuses a connection string libpq cannot parse with a message that quotes none of it: libpq's
     /// own quotes the string, or the token after a password, which may be the password itself.
-    static func checkParses(_ conninfo: String) throws {
+    public static func checkParses(_ conninfo: String) throws {
         let form = connectionStringForm(conninfo)
         guard form.isConnectionString, case .failure(let reason) = parse(conninfo) else { return }
         // Quoted pieces of the string go; a quoted single character ("=", "]") says what is missing.

@@ -54,8 +54,8 @@ final class ReplacementDatabase {
     /// Creates the replacement of the database `live` is connected to, keeping its encoding,
     /// collation, ctype, locale provider (and ICU rules), tablespace and owner. Works from the
     /// `postgres` maintenance database (template1 when the target is `postgres`) on the same
-    /// server, as the same user. `onNote` hears about leftovers of interrupted runs.
-    init(replacing live: PostgresConnection, applicationName: String, onNote: (String) -> Void) throws {
+    /// server, as the same user.
+    init(replacing live: PostgresConnection, applicationName: String) throws {
         self.applicationName = applicationName
         serverVersion = live.serverVersionNumber
         location = live.displayLocation
@@ -101,8 +101,6 @@ final class ReplacementDatabase {
                 "cannot connect to the maintenance database \"\(maintenanceName)\" to create the replacement of database \"\(liveName)\" at \(location)",
                 cause: error)
         }
-        Self.noteLeftovers(on: maintenance, onNote: onNote)
-
         let quote = maintenance.quoteLiteral
         var create = "CREATE DATABASE \(maintenance.quoteIdentifier(name)) TEMPLATE template0"
         if let encoding = settings[0] { create += " ENCODING \(quote(encoding))" }
@@ -236,10 +234,10 @@ final class ReplacementDatabase {
     /// swap (or one running now), a replaced database when killed after the swap and before the
     /// drop. Named, never dropped here: a database snap did not create in this run is not snap's
     /// to remove, and a replaced one holds the data from before that restore.
-    private static func noteLeftovers(on maintenance: PostgresConnection, onNote: (String) -> Void) {
+    static func noteLeftovers(on connection: PostgresConnection, onNote: (String) -> Void) {
         let pattern = "^(\(replacementPrefix)|\(replacedPrefix))[0-9a-f]+_"
         guard
-            let names = try? maintenance.query(
+            let names = try? connection.query(
                 "SELECT datname FROM pg_database WHERE datname ~ $1 ORDER BY datname", [pattern]
             ).compactMap({ $0.first ?? nil }), !names.isEmpty
         else { return }

@@ -135,9 +135,9 @@ struct SnapshotCommand: ParsableCommand {
         }
         builder.onProgress = progress.update
         let started = Date()
-        let dump =
-            noDB
-            ? nil : try DumpSession(conninfo: file.database(flag: db), options: DumpOptions(applicationName: "snap"))
+        let conninfo = file.database(flag: db)
+        if !noDB { try requireNamedDatabase(conninfo) }
+        let dump = noDB ? nil : try DumpSession(conninfo: conninfo, options: DumpOptions(applicationName: "snap"))
         let snapshot: Snapshot
         do {
             snapshot = try builder.run(dump: dump)
@@ -154,9 +154,14 @@ struct SnapshotCommand: ParsableCommand {
                     " (database \(formatBytes(totals.databaseBytes)), \(totals.files) files \(formatBytes(totals.fileBytes)))"
             }
             let reused = snapshot.record.sources.databaseReusedFrom.map { ", dump reused from \($0.prefix(8))" } ?? ""
+            // Which database was dumped, and where: the one line that shows a wrong target.
+            let source =
+                snapshot.record.sources.database.map {
+                    " of database \"\($0.name)\" at \(PostgresConnection.location(host: $0.host ?? "", port: $0.port ?? ""))"
+                } ?? ""
             StandardError.write(
                 String(
-                    format: "snap: snapshot %@: %@, %@ new, %@ stored%@, in %.1f s\n", snapshot.shortID, read,
+                    format: "snap: snapshot %@%@: %@, %@ new, %@ stored%@, in %.1f s\n", snapshot.shortID, source, read,
                     formatBytes(totals.newBytes), formatBytes(totals.storedBytes), reused,
                     Date().timeIntervalSince(started)))
         }

@@ -1,13 +1,14 @@
 import Foundation
 import SnapCore
+import SnapPostgres
 
 /// The optional configuration file, so that a scheduled job can be just `snap snapshot`.
 ///
 /// Found at `$SNAP_CONFIG`, else `$XDG_CONFIG_HOME/snap/config` (`~/.config/snap/config`), else
 /// `/etc/snap/config`. Lines are `key = value`; `#` starts a comment. Keys: `repo`, `db`
 /// (a libpq connection string or URI) and `storage`. Precedence: a flag, then the environment
-/// (`SNAP_REPO`, `SNAP_STORAGE`; for the database any of libpq's PGHOST, PGPORT, PGDATABASE,
-/// PGSERVICE), then this file.
+/// (`SNAP_REPO`, `SNAP_STORAGE`), then this file; the file's `db` and libpq's environment
+/// combine as libpq combines a connection string with its environment.
 struct ConfigFile {
     static let keys: Set<String> = ["repo", "db", "storage"]
     var path: String?
@@ -56,12 +57,30 @@ struct ConfigFile {
         return config
     }
 
-    /// The database connection for a command given `flag`: the flag, else nil when libpq's own
-    /// environment names a server or database, else the file's `db`.
-    func database(flag: String?, environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
-        if let flag { return flag }
-        let libpq = ["PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGSERVICE"]
-        if libpq.contains(where: { environment[$0].map { !$0.isEmpty } ?? false }) { return nil }
-        return values["db"]
+    /// The connection string `snap snapshot` dumps with: `flag`, else the file's `db`, else nil
+    /// (libpq's environment alone). libpq combines it with its environment as it always does: a
+    /// key the string names wins, the environment fills in the rest (PGHOST exported beside
+    /// `db = dbname=app` dumps app on that host).
+    func database(flag: String?) -> String? {
+        flag ?? values["db"]
     }
+}
+
+/// Refuses a dump that names no database: libpq would then take the user's name (often
+/// `postgres`), and snap would back up the wrong database and say all went well. A database is
+/// named by the connection string (a plain name, `dbname=`, a URI path, or a service, which
+/// may), by PGDATABASE, or by PGSERVICE.
+func requireNamedDatabase(
+    _ conninfo: String?, environment: [String: String] = ProcessInfo.processInfo.environment
+) throws {
+    if let conninfo {
+        // A string libpq cannot parse gets libpq's own reason first.
+        try PostgresConnection.checkParses(conninfo)
+        if PostgresConnection.namesDatabase(conninfo) { return }
+    }
+    if ["PGDATABASE", "PGSERVICE"].contains(where: { !(environment[$0] ?? "").isEmpty }) { return }
+    throw CommandFailure(
+        message:
+            "no database is named, and libpq would dump its default (the user's name): pass --db \"dbname=NAME\" (or set PGDATABASE, or `db = dbname=NAME` in the config file), or --no-db for files only",
+        status: ExitStatus.usage)
 }

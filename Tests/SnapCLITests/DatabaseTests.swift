@@ -10,7 +10,7 @@ private let needsServer = Testing.ConditionTrait.enabled(
 /// A database with awkward content: several schemas, non-ASCII identifiers, bytea, jsonb, arrays,
 /// numeric, timestamps, text with newlines, tabs and backslashes, sequences, views, functions,
 /// triggers and a large object.
-private func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
+func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
     let name = cluster.uniqueDatabaseName("awkward")
     try cluster.createDatabase(name)
     try cluster.psql(
