@@ -69,9 +69,10 @@ struct SnapshotCommand: ParsableCommand {
             Dumps the database with pg_dump (custom format, uncompressed, in one REPEATABLE READ
             snapshot) and reads the storage folder alongside, once the dump's snapshot is taken (so
             every file a dumped row points to is there), and prints the new snapshot's id. Without
-            --db, libpq's environment (PGHOST, PGPORT, PGUSER, PGDATABASE, PGSERVICE, PGPASSFILE...)
-            decides, as with psql. A failed dump records nothing. Files that cannot be read are named
-            on stderr and listed in the snapshot; the command then exits 3.
+            --db, the config file's db and libpq's environment (PGHOST, PGPORT, PGUSER, PGDATABASE,
+            PGSERVICE, PGPASSFILE...) decide, as with psql; a database must be named in one of them.
+            A failed dump records nothing. Files that cannot be read are named on stderr and listed
+            in the snapshot; the command then exits 3.
 
             Examples:
               snap snapshot --db "host=/run/postgresql dbname=app" --storage /srv/app/storage --tag hourly
