@@ -112,7 +112,19 @@ public final class DumpRestore {
     /// environment). The target must exist.
     public init(conninfo: String?, options: RestoreOptions = RestoreOptions()) throws {
         self.options = options
-        connection = try PostgresConnection(conninfo: conninfo, applicationName: options.applicationName)
+        do {
+            connection = try PostgresConnection(conninfo: conninfo, applicationName: options.applicationName)
+        } catch let error as PostgresError {
+            // The server's reason names a missing database; the fix is to create it.
+            let reason = error.cause.map { "\($0)" } ?? ""
+            guard error.code == .connect,
+                let missing = reason.firstMatch(of: /database "((?:[^"]|"")*)" does not exist/)?.output.1
+            else { throw error }
+            throw PostgresError(
+                .connect,
+                "the target database \"\(missing)\" does not exist; create it first (createdb \(PostgresConnection.shellQuoted(String(missing)))) and restore into it; nothing was changed"
+            )
+        }
         database = connection.database
         location = connection.displayLocation
     }

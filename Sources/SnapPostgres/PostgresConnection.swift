@@ -294,6 +294,13 @@ public final class PostgresConnection {
         "'" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
     }
 
+    /// `value` as one word for a POSIX shell, for commands a message suggests (`createdb 'it'\''s'`).
+    public static func shellQuoted(_ value: String) -> String {
+        guard value.isEmpty || value.contains(where: { !($0.isLetter || $0.isNumber || "_-.,/=@%+:".contains($0)) })
+        else { return value }
+        return "'" + value.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+
     // MARK: Connection failures
 
     /// Whether libpq reads `conninfo` as a connection string (a URI, or `key=value` pairs: its own

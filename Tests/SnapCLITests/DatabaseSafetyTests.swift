@@ -395,6 +395,21 @@ private let needsServer = Testing.ConditionTrait.enabled(
                 == app)
     }
 
+    /// A refusal names its fix: a missing target database, `createdb`.
+    @Test func aMissingTargetNamesCreatedb() throws {
+        let folder = try TemporaryDirectory()
+        let source = try makeAwkwardDatabase(cluster)
+        let repo = try snapshot(source, in: folder)
+        let missing = cluster.uniqueDatabaseName("it's missing")
+        for flags in [[], ["--clean"]] {
+            let refused = try snap(
+                ["--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: missing)] + flags)
+            #expect(refused.status == 1)
+            #expect(refused.stderr.contains("createdb 'it'\\''s missing_"), "\(refused.stderr)")
+            #expect(refused.stderr.split(separator: "\n").count == 1, "\(refused.stderr)")
+        }
+    }
+
     // MARK: Point 17: sessions ended, and --dry-run
 
     @Test func cleanNamesTheSessionsItEndsAndDryRunChangesNothing() throws {
