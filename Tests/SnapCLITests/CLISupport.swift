@@ -187,3 +187,37 @@ func withBindMount<T>(_ source: String, at mountPoint: String, readOnly: Bool = 
     }
     return try body()
 }
+
+/// Waits up to `seconds` for `condition` to hold, checking every 50 ms; returns whether it did.
+func waitUntil(seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while true {
+        if try condition() { return true }
+        if Date() >= deadline { return false }
+        usleep(50_000)
+    }
+}
+
+/// The process id a child wrote into `file`, waiting up to `seconds` for it (a loaded machine
+/// starts processes slowly); 0 when none came.
+func pidWritten(to file: String, seconds: Double = 30) -> pid_t {
+    var pid: pid_t = 0
+    _ = waitUntil(seconds: seconds) {
+        let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+        pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        return pid > 0
+    }
+    return pid
+}
+
+/// Waits up to `seconds` for process `pid` to stop: gone, or a zombie waiting for whoever
+/// inherited it to reap it (PID 1 here does not reap). Kills it when it does not, so that no test
+/// leaves it behind, and returns whether it stopped by itself.
+func waitUntilStopped(_ pid: pid_t, seconds: Double = 10) -> Bool {
+    let stopped = waitUntil(seconds: seconds) {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return true }
+        return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
+    }
+    if !stopped { kill(pid, SIGKILL) }
+    return stopped
+}

@@ -316,30 +316,11 @@ private let needsServer = Testing.ConditionTrait.enabled(
         process.standardError = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        var childPID: pid_t = 0
-        for _ in 0..<600 where childPID == 0 {  // 30 s: a loaded machine starts processes slowly
-            usleep(50_000)
-            childPID =
-                pid_t(
-                    (try? String(contentsOfFile: pidFile, encoding: .utf8))?.trimmingCharacters(
-                        in: .whitespacesAndNewlines)
-                        ?? "") ?? 0
-        }
+        let childPID = pidWritten(to: pidFile)
         try #require(childPID > 0, "the \(tool) stand-in never started")
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
-        // Gone, or a zombie waiting for whoever inherited it to reap it: either way it stopped.
-        func stopped() -> Bool {
-            guard let stat = try? String(contentsOfFile: "/proc/\(childPID)/stat", encoding: .utf8) else { return true }
-            return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
-        }
-        var gone = false
-        for _ in 0..<200 where !gone {
-            gone = stopped()
-            if !gone { usleep(50_000) }
-        }
-        #expect(gone, "\(tool) (pid \(childPID)) outlived snap killed with SIGKILL")
-        if !gone { kill(childPID, SIGKILL) }
+        #expect(waitUntilStopped(childPID), "\(tool) (pid \(childPID)) outlived snap killed with SIGKILL")
     }
 
     // MARK: Point 16: a restore that cannot succeed says how to
@@ -422,24 +403,14 @@ private let needsServer = Testing.ConditionTrait.enabled(
         try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
 
         // An application's session, holding the database open.
-        let session = Process()
-        session.executableURL = URL(fileURLWithPath: cluster.binDirectory + "/psql")
-        session.arguments = ["-X", "-q", "-d", cluster.conninfo(database: live), "-c", "SELECT pg_sleep(600)"]
-        var environment = cluster.clientEnvironment
-        environment["PGAPPNAME"] = "the-app"
-        session.environment = environment
-        session.standardOutput = FileHandle.nullDevice
-        session.standardError = FileHandle.nullDevice
-        try session.run()
+        let session = try startClient(cluster, database: live, ["-c", "SELECT pg_sleep(600)"], appName: "the-app")
         defer { if session.isRunning { kill(session.processIdentifier, SIGKILL) } }
-        var seen = "0"
-        for _ in 0..<200 where seen == "0" {
-            usleep(50_000)
-            seen = try cluster.psql(
+        let seen = try waitUntil(seconds: 10) {
+            try cluster.psql(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = \(literal(live)) AND application_name = 'the-app'"
-            )
+            ) == "1"
         }
-        try #require(seen == "1")
+        try #require(seen)
 
         let dryRun = try snap(
             "--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: live), "--clean", "--dry-run")
@@ -483,6 +454,23 @@ private let needsServer = Testing.ConditionTrait.enabled(
     }
 }
 
+/// psql started in the background on `database` with `arguments` (`-c SQL`...), as an
+/// application's session would be, its output discarded.
+private func startClient(
+    _ cluster: TestCluster, database: String, _ arguments: [String], appName: String? = nil
+) throws -> Process {
+    let session = Process()
+    session.executableURL = URL(fileURLWithPath: cluster.binDirectory + "/psql")
+    session.arguments = ["-X", "-q", "-d", cluster.conninfo(database: database)] + arguments
+    var environment = cluster.clientEnvironment
+    environment["PGAPPNAME"] = appName
+    session.environment = environment
+    session.standardOutput = FileHandle.nullDevice
+    session.standardError = FileHandle.nullDevice
+    try session.run()
+    return session
+}
+
 /// Point 4: the reuse of an unchanged database's dump must never skip a committed transaction.
 @Suite(needsServer) struct DumpReuseOrderingTests {
     /// A transaction whose commit record is in the WAL but which is not yet visible (here held in
@@ -518,23 +506,13 @@ private let needsServer = Testing.ConditionTrait.enabled(
         }
 
         // A commit waiting for the synchronous standby: in the WAL, not yet visible.
-        let committer = Process()
-        committer.executableURL = URL(fileURLWithPath: cluster.binDirectory + "/psql")
-        committer.arguments = [
-            "-X", "-q", "-d", cluster.conninfo(database: source), "-c", "SET synchronous_commit = on",
-            "-c", "INSERT INTO t VALUES (2)",
-        ]
-        committer.environment = cluster.clientEnvironment
-        committer.standardOutput = FileHandle.nullDevice
-        committer.standardError = FileHandle.nullDevice
-        try committer.run()
+        let committer = try startClient(
+            cluster, database: source, ["-c", "SET synchronous_commit = on", "-c", "INSERT INTO t VALUES (2)"])
         defer { if committer.isRunning { kill(committer.processIdentifier, SIGKILL) } }
-        var waiting = "0"
-        for _ in 0..<200 where waiting == "0" {
-            usleep(50_000)
-            waiting = try cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+        let waiting = try waitUntil(seconds: 10) {
+            try cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == "1"
         }
-        try #require(waiting == "1", "the commit never waited for the standby")
+        try #require(waiting, "the commit never waited for the standby")
 
         let during = try take()
         // The commit becomes visible without writing WAL: the wait is cancelled, the row stays.

@@ -346,30 +346,12 @@ func makeAwkwardDatabase(_ cluster: TestCluster) throws -> String {
         let repo = folder.file("repo")
         let pidFile = folder.file("child.pid")
         let process = try startSnapshot(in: folder, pgDumpThen: "echo $$ > \(pidFile)\nexec sleep 60")
-        var childPID: pid_t = 0
-        for _ in 0..<600 where childPID == 0 {  // 30 s: a loaded machine starts processes slowly
-            usleep(50_000)
-            childPID =
-                pid_t(
-                    (try? String(contentsOfFile: pidFile, encoding: .utf8))?.trimmingCharacters(
-                        in: .whitespacesAndNewlines) ?? "") ?? 0
-        }
+        let childPID = pidWritten(to: pidFile)
         try #require(childPID > 0, "the pg_dump hook never started")
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
         #expect(process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGTERM)
-        // Gone, or a zombie waiting for whoever inherited it to reap it: either way it stopped.
-        func stopped() -> Bool {
-            guard let stat = try? String(contentsOfFile: "/proc/\(childPID)/stat", encoding: .utf8) else { return true }
-            return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
-        }
-        var gone = false
-        for _ in 0..<200 where !gone {
-            gone = stopped()
-            if !gone { usleep(50_000) }
-        }
-        #expect(gone, "pg_dump (pid \(childPID)) outlived snap")
-        if !gone { kill(childPID, SIGKILL) }
+        #expect(waitUntilStopped(childPID), "pg_dump (pid \(childPID)) outlived snap")
         #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
     }
 
