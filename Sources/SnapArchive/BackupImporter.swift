@@ -175,7 +175,10 @@ public final class BackupImporter {
                     // The target is data, kept as it is; only an empty one no file system holds.
                     let target = entry.linkTarget ?? ""
                     guard !target.isEmpty else {
-                        throw refuse(entry.path, "is a symlink with an empty target, which no file system holds")
+                        throw refuse(
+                            entry.path,
+                            "is a symlink with an empty target, which no file system holds; remove it in an unpacked copy and pack the archive again"
+                        )
                     }
                     manifestEntry = ManifestEntry(
                         kind: .symlink, path: "", mode: entry.mode, mtime: entry.mtime, target: target)
@@ -202,7 +205,7 @@ public final class BackupImporter {
                 try tree.set(manifestEntry, at: components) { previous in
                     refuse(
                         entry.path,
-                        "comes after a symlink to '\(Tar.shown(Array((previous.target ?? "").utf8)))' at the same path; GNU tar makes such a link (absolute, or with '..') only at the end of the extraction, so which of the two it leaves depends on the file system"
+                        "comes after a symlink to '\(Tar.shown(Array((previous.target ?? "").utf8)))' at the same path; GNU tar makes such a link (absolute, or with '..') only at the end of the extraction, so which of the two it leaves depends on the file system; extract the archive with GNU tar and pack it again"
                     )
                 }
             }
@@ -210,7 +213,7 @@ public final class BackupImporter {
         guard database != nil || !tree.isEmpty else {
             throw SnapError(
                 .invalidInput,
-                "refusing to import \(path): it holds neither database.dump nor storage/, so it is not a plain-approach backup (or it is empty); nothing was recorded"
+                "refusing to import \(path): it holds neither database.dump nor storage/, so it is not a plain-approach backup (or it is empty); name archives that hold database.dump and/or storage/; nothing was recorded"
             )
         }
 

@@ -221,7 +221,7 @@ public final class TarReader {
         guard !overflow else {
             throw SnapError(
                 .corrupt,
-                "tar header at byte \(headerOffset): the mtime of '\(Tar.shown(name))' (\(seconds) seconds from 1970) lies outside the years 1677 to 2262 that a snapshot's nanosecond times hold"
+                "tar header at byte \(headerOffset): the mtime of '\(Tar.shown(name))' (\(seconds) seconds from 1970) lies outside the years 1677 to 2262 that a snapshot's nanosecond times hold; set its time (touch) in an unpacked copy and pack the archive again"
             )
         }
         let mode = UInt32(truncatingIfNeeded: try signedNumber(header, Tar.mode, "mode", at: headerOffset)) & 0o7777
@@ -268,7 +268,7 @@ public final class TarReader {
         if !isRegular && size > 0 {
             throw SnapError(
                 .corrupt,
-                "tar header at byte \(headerOffset): the \(kindName) '\(Tar.shown(name))' declares \(size) bytes of content, which a \(kindName) cannot have (GNU tar would read them as further entries): the archive is damaged or crafted"
+                "tar header at byte \(headerOffset): the \(kindName) '\(Tar.shown(name))' declares \(size) bytes of content, which a \(kindName) cannot have (GNU tar would read them as further entries): the archive is damaged or crafted; make it again from the original files"
             )
         }
 
