@@ -7,12 +7,19 @@ import SnapCore
 /// Takes plain-approach backups (`backup_YYYYMMDD_HHMMSS.tar.gz` holding `database.dump` and/or
 /// `storage/`, at the top or under one top folder) into the repository as snapshots.
 ///
+/// A snapshot records what `tar -xzf` of the archive would create, or nothing: the reader
+/// (`TarReader`) refuses what tar programs read differently, and the importer refuses what GNU
+/// tar would not extract as a plain tree (an absolute path or `..`, an entry written through a
+/// symlink, a hard link to anything but an earlier file, devices and FIFOs, a name or link
+/// target that is not UTF-8, a duplicate of a link GNU tar makes only at the end). A symlink's
+/// target is data, stored as it is, as `snap snapshot` stores it: the restore never follows it.
+///
 /// The archive streams through once: file contents and the dump are chunked and stored as they
 /// arrive (so they deduplicate against everything stored before), while the entries' metadata is
-/// kept until the end, sorted into manifest order and checked. A hostile entry (an absolute path,
-/// `..`, a link leading out, an entry below a symlink, a device or FIFO, a name or link target
-/// that is not UTF-8), a damaged archive or a damaged pg_dump header stops the import with one
-/// line naming it, before any record is written; chunks it already stored are reclaimed by prune.
+/// kept in a tree (`ArchiveTree`) until the end and written in manifest order. Memory and time
+/// are linear in the archive, plus the manifest, whose lines carry full paths. A damaged archive
+/// or pg_dump header stops the import with one line naming it, before any record is written;
+/// chunks it already stored are reclaimed by prune.
 public final class BackupImporter {
     let repository: Repository
     let program: String
@@ -90,10 +97,7 @@ public final class BackupImporter {
         var layout = Layout()
         var database: ManifestEntry?
         var dumpHeader: DumpHeader?
-        // Keyed by the path's bytes: Swift compares strings by Unicode canonical equivalence, so
-        // "é" and "e\u{301}", two files on disk, would be one key and the later would replace
-        // the earlier.
-        var storage: [[UInt8]: ManifestEntry] = [:]
+        let tree = ArchiveTree()
         var newest: Int64 = 0
 
         func refuse(_ entryPath: String, _ why: String) -> SnapError {
@@ -152,40 +156,40 @@ public final class BackupImporter {
                 database = ManifestEntry(
                     kind: .database, path: "database.dump", mode: entry.mode, mtime: entry.mtime, size: stream.size,
                     chunks: stream.chunks)
-            case .storage(let relative):
-                guard relative != "." || entry.kind == .directory else {
+            case .storage(let components):
+                guard !components.isEmpty || entry.kind == .directory else {
                     throw refuse(entry.path, "is not a folder, but the storage folder belongs there")
                 }
                 let manifestEntry: ManifestEntry
                 switch entry.kind {
                 case .directory:
-                    manifestEntry = ManifestEntry(
-                        kind: .directory, path: relative, mode: entry.mode, mtime: entry.mtime)
+                    manifestEntry = ManifestEntry(kind: .directory, path: "", mode: entry.mode, mtime: entry.mtime)
                 case .file:
-                    guard relative != "." else {
-                        throw refuse(entry.path, "is a file where the storage folder belongs")
-                    }
                     let stream = try writer.storeStream(.files) { buffer in
                         try reading { try tar.readContent(into: buffer) }
                     }
                     manifestEntry = ManifestEntry(
-                        kind: .file, path: relative, mode: entry.mode, mtime: entry.mtime, size: stream.size,
+                        kind: .file, path: "", mode: entry.mode, mtime: entry.mtime, size: stream.size,
                         chunks: stream.chunks)
                 case .symlink:
+                    // The target is data, kept as it is; only an empty one no file system holds.
                     let target = entry.linkTarget ?? ""
-                    guard Self.staysInside(link: relative, target: target) else {
+                    guard !target.isEmpty else {
                         throw refuse(
                             entry.path,
-                            "is a symlink to '\(Tar.shown(Array(target.utf8)))', which leads out of storage/")
+                            "is a symlink with an empty target, which no file system holds; remove it in an unpacked copy and pack the archive again"
+                        )
                     }
                     manifestEntry = ManifestEntry(
-                        kind: .symlink, path: relative, mode: entry.mode, mtime: entry.mtime, target: target)
+                        kind: .symlink, path: "", mode: entry.mode, mtime: entry.mtime, target: target)
                 case .hardlink:
-                    // A hard link to a file earlier in the archive becomes a copy of it.
+                    // A hard link to a file earlier in the archive becomes a copy of it, as it is
+                    // now: GNU tar replaces a file listed again, leaving the link with the old one.
                     let target = entry.linkTarget ?? ""
                     guard
-                        case .storage(let targetPath)? = try? layout.place(target, isDirectory: false, refuse: refuse),
-                        let original = storage[Array(targetPath.utf8)], original.kind == .file
+                        case .storage(let targetComponents)? = try? layout.place(
+                            target, isDirectory: false, refuse: refuse),
+                        let original = tree.find(targetComponents)?.entry, original.kind == .file
                     else {
                         throw refuse(
                             entry.path,
@@ -193,22 +197,35 @@ public final class BackupImporter {
                         )
                     }
                     manifestEntry = ManifestEntry(
-                        kind: .file, path: relative, mode: original.mode, mtime: original.mtime, size: original.size,
+                        kind: .file, path: "", mode: original.mode, mtime: original.mtime, size: original.size,
                         chunks: original.chunks)
                 case .other(let type):
-                    throw refuse(entry.path, "is a device node, FIFO or other special file (tar type '\(type)')")
+                    throw refuse(entry.path, Self.unsupported(type))
                 }
-                storage[Array(relative.utf8)] = manifestEntry  // listed twice: the later one wins, as with tar
+                try tree.set(manifestEntry, at: components) { previous in
+                    refuse(
+                        entry.path,
+                        "comes after a symlink to '\(Tar.shown(Array((previous.target ?? "").utf8)))' at the same path; GNU tar makes such a link (absolute, or with '..') only at the end of the extraction, so which of the two it leaves depends on the file system; extract the archive with GNU tar and pack it again"
+                    )
+                }
             }
         }
+        guard database != nil || !tree.isEmpty else {
+            throw SnapError(
+                .invalidInput,
+                "refusing to import \(path): it holds neither database.dump nor storage/, so it is not a plain-approach backup (or it is empty); name archives that hold database.dump and/or storage/; nothing was recorded"
+            )
+        }
 
-        // Manifest order: depth first, names sorted by their bytes; parents must be folders. The
-        // tree goes into a part of its own, as `snap snapshot` does, so that the manifest of an
+        // The tree goes into a part of its own, as `snap snapshot` does, so that the manifest of an
         // exported snapshot imported again is chunked alike and stores nothing new.
         if let database { try writer.append(database) }
-        let tree = writer.makePart()
-        if !storage.isEmpty {
-            try appendTree(storage, newest: newest, to: tree, refuse: refuse)
+        let treePart = writer.makePart()
+        if !tree.isEmpty {
+            try tree.write(to: treePart, implicitFolderTime: newest) { child, parent, kind in
+                refuse(
+                    "storage/" + child, "lies below '\(parent)', which is a \(kind.rawValue), not a folder")
+            }
         }
         let time = Self.timeFromName(path) ?? Timestamp(nanoseconds: newest)
         let name = path.split(separator: "/").last.map(String.init) ?? path
@@ -218,76 +235,118 @@ public final class BackupImporter {
         let facts = database.map { _ in dumpHeader?.facts ?? DumpHeader.unknownFacts }
         return try writer.commit(
             time: time, host: SnapshotOptions.localHost, tags: ["imported"] + tags, program: program,
-            sources: .init(storage: storage.isEmpty ? nil : "\(name):storage/", database: facts, imported: origin),
-            errors: [], parts: [tree])
+            sources: .init(storage: tree.isEmpty ? nil : "\(name):storage/", database: facts, imported: origin),
+            errors: [], parts: [treePart])
     }
 
-    /// Sorts the storage entries into manifest order, adds the folders the archive left implicit,
-    /// and refuses an entry whose parent is not a folder (a file placed below a symlink, say).
-    private func appendTree(
-        _ storage: [[UInt8]: ManifestEntry], newest: Int64, to writer: SnapshotWriter,
-        refuse: (String, String) -> SnapError
+    /// Why an entry of tar type `type` (other than file, folder and links) is refused.
+    static func unsupported(_ type: Character) -> String {
+        switch type {
+        case "3", "4", "6":
+            "is a device node or FIFO (tar type '\(type)'), which a snapshot cannot hold"
+        case "D":
+            "is a folder of a GNU incremental archive (tar -g, type 'D'), which holds only what changed; extract the archive series with tar -G and pack the result with tar -czf"
+        case "M":
+            "continues a file from another volume of a multi-volume archive (type 'M'); join the volumes with tar -M and pack them as one archive"
+        default:
+            "has tar type '\(type)', which GNU tar does not know (it would extract it as a plain file, with a warning); extract the archive and pack it again with tar -czf"
+        }
+    }
+}
+
+/// The storage tree an archive builds, one node per path: an entry listed twice replaces the
+/// earlier one, as tar extracts it, and a folder the archive leaves implicit costs one node, not a
+/// copy of its path. Written out depth first with names sorted by bytes, it is in manifest order.
+final class ArchiveTree {
+    struct Node {
+        var name: [UInt8]
+        var children: [[UInt8]: Int] = [:]
+        /// The entry at this path (its `path` filled in when written); nil for an implicit folder.
+        var entry: ManifestEntry?
+    }
+
+    private var nodes = [Node(name: [])]
+
+    /// Whether nothing lies in storage/, not even the folder itself.
+    var isEmpty: Bool { nodes.count == 1 && nodes[0].entry == nil }
+
+    /// The node at `components` (relative to storage/), if the archive has made it.
+    func find(_ components: [[UInt8]]) -> Node? {
+        var index = 0
+        for component in components {
+            guard let child = nodes[index].children[component] else { return nil }
+            index = child
+        }
+        return nodes[index]
+    }
+
+    /// Puts `entry` at `components`, making the folders above it. Throws `delayed(previous)` when
+    /// a symlink that GNU tar creates only at the end of the extraction (absolute, or with a `..`
+    /// component) is there already.
+    func set(_ entry: ManifestEntry, at components: [[UInt8]], delayed: (ManifestEntry) -> SnapError) throws {
+        var index = 0
+        for component in components {
+            if let child = nodes[index].children[component] {
+                index = child
+            } else {
+                nodes.append(Node(name: component))
+                nodes[index].children[component] = nodes.count - 1
+                index = nodes.count - 1
+            }
+        }
+        if let previous = nodes[index].entry, previous.kind == .symlink {
+            let target = Array((previous.target ?? "").utf8)
+            if target.first == PathBytes.slash || PathBytes.components(target).contains(PathBytes.dotdot) {
+                throw delayed(previous)
+            }
+        }
+        nodes[index].entry = entry
+    }
+
+    /// Appends every entry in manifest order, folders the archive left implicit as 0755 with
+    /// `implicitFolderTime`. An entry below something that is not a folder (a file, or a symlink
+    /// the kernel would follow) is refused through `below(child, parent, kind)`, paths relative to
+    /// storage/. Iterative, so depth costs heap, not stack; each path is built once, from its
+    /// parent's.
+    func write(
+        to writer: SnapshotWriter, implicitFolderTime: Int64,
+        below: (String, String, ManifestEntry.Kind) -> SnapError
     ) throws {
-        var entries = storage
-        if entries[PathBytes.dot] == nil {
-            entries[PathBytes.dot] = ManifestEntry(kind: .directory, path: ".", mode: 0o755, mtime: newest)
+        func entry(_ index: Int, _ path: String) -> ManifestEntry {
+            var entry =
+                nodes[index].entry ?? ManifestEntry(kind: .directory, path: "", mode: 0o755, mtime: implicitFolderTime)
+            entry.path = path
+            return entry
         }
-        // A link whose target passes through another link could reach anywhere that one does:
-        // refuse those, so that every link, followed step by step, stays inside.
-        for entry in storage.values where entry.kind == .symlink {
-            var resolved = PathBytes.components(entry.path).dropLast()
-            let steps = PathBytes.components(entry.target ?? "").filter { $0 != PathBytes.dot }
-            for (index, step) in steps.enumerated() {
-                if step == PathBytes.dotdot { resolved.removeLast() } else { resolved.append(step) }
-                let through = PathBytes.joined(resolved)
-                if index < steps.count - 1, entries[through]?.kind == .symlink {
-                    throw refuse(
-                        "storage/" + entry.path,
-                        "is a symlink whose target passes through the symlink '\(String(decoding: through, as: UTF8.self))'"
-                    )
+        func sortedChildren(_ index: Int) -> [Int] {
+            nodes[index].children.sorted { $0.key.lexicographicallyPrecedes($1.key) }.map(\.value)
+        }
+        let root = entry(0, ".")
+        guard root.kind == .directory else { throw below(".", ".", root.kind) }
+        try writer.append(root)
+        var path: [UInt8] = []
+        // Each frame: a folder's children in order, the next one to write, and the length of the
+        // folder's path (0 for storage/ itself).
+        var stack: [(children: [Int], next: Int, length: Int)] = [(sortedChildren(0), 0, 0)]
+        while var frame = stack.popLast() {
+            guard frame.next < frame.children.count else { continue }
+            let index = frame.children[frame.next]
+            frame.next += 1
+            stack.append(frame)
+            path.removeSubrange(frame.length...)
+            if frame.length > 0 { path.append(PathBytes.slash) }
+            path += nodes[index].name
+            let written = entry(index, String(decoding: path, as: UTF8.self))
+            try writer.append(written)
+            if !nodes[index].children.isEmpty {
+                let children = sortedChildren(index)
+                guard written.kind == .directory else {
+                    let child = path + [PathBytes.slash] + nodes[children[0]].name
+                    throw below(String(decoding: child, as: UTF8.self), written.path, written.kind)
                 }
+                stack.append((children, 0, path.count))
             }
         }
-        for (path, entry) in storage where path != PathBytes.dot {
-            var parent = path
-            while let slash = parent.lastIndex(of: PathBytes.slash) {
-                parent.removeSubrange(slash...)
-                let parentPath = String(decoding: parent, as: UTF8.self)
-                if let existing = entries[parent] {
-                    guard existing.kind == .directory else {
-                        throw refuse(
-                            "storage/" + entry.path,
-                            "lies below '\(parentPath)', which is a \(existing.kind.rawValue), not a folder")
-                    }
-                } else {
-                    entries[parent] = ManifestEntry(kind: .directory, path: parentPath, mode: 0o755, mtime: newest)
-                }
-            }
-        }
-        let ordered = entries.values.sorted { a, b in
-            if a.path == "." || b.path == "." { return a.path == "." && b.path != "." }
-            let left = a.path.utf8.split(separator: PathBytes.slash, omittingEmptySubsequences: false)
-            let right = b.path.utf8.split(separator: PathBytes.slash, omittingEmptySubsequences: false)
-            return left.lexicographicallyPrecedes(right) { $0.lexicographicallyPrecedes($1) }
-        }
-        for entry in ordered { try writer.append(entry) }
-    }
-
-    /// Whether a symlink at `link` (relative to storage/) pointing at `target` stays inside.
-    /// Works on bytes, as the kernel does: a NUL would cut the target short when the link is made.
-    static func staysInside(link: String, target: String) -> Bool {
-        let bytes = Array(target.utf8)
-        guard bytes.first != PathBytes.slash, !bytes.isEmpty, !bytes.contains(0) else { return false }
-        var depth = PathBytes.components(link).count - 1  // the link's folder
-        for component in PathBytes.components(target) {
-            switch component {
-            case PathBytes.dot: continue
-            case PathBytes.dotdot: depth -= 1
-            default: depth += 1
-            }
-            if depth < 0 { return false }
-        }
-        return true
     }
 }
 
@@ -300,19 +359,18 @@ enum PathBytes {
     static let dotdot: [UInt8] = [UInt8(ascii: "."), UInt8(ascii: ".")]
 
     /// The non-empty components of `path`.
-    static func components(_ path: String) -> [[UInt8]] {
-        path.utf8.split(separator: slash).map(Array.init)
+    static func components(_ path: [UInt8]) -> [[UInt8]] {
+        path.split(separator: slash).map { Array($0) }
     }
 
-    static func joined(_ components: some Sequence<[UInt8]>) -> [UInt8] {
-        Array(components.joined(separator: [slash]))
-    }
+    static func components(_ path: String) -> [[UInt8]] { components(Array(path.utf8)) }
 }
 
-/// Where an archive entry belongs: the dump, or the storage tree (by path relative to storage/).
+/// Where an archive entry belongs: the dump, or the storage tree (by the components of its path
+/// relative to storage/; none for the folder itself).
 enum Place: Equatable {
     case database
-    case storage(String)
+    case storage([[UInt8]])
 }
 
 /// Works out the archive's layout (at the top, or under one top folder) from its entries.
@@ -353,8 +411,7 @@ struct Layout {
         guard components.first == storage else {
             throw refuse(rawPath, "is neither database.dump nor under storage/ (not a plain-approach backup)")
         }
-        let relative = PathBytes.joined(components.dropFirst())
-        return .storage(relative.isEmpty ? "." : String(decoding: relative, as: UTF8.self))
+        return .storage(Array(components.dropFirst()))
     }
 }
 

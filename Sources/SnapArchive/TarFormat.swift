@@ -31,10 +31,14 @@ public struct TarHeaderEntry: Hashable, Sendable {
     public var rawPath: [UInt8]
     /// The link target exactly as stored, nil for entries that are not links.
     public var rawLinkTarget: [UInt8]?
+    /// Whether the file was stored sparse (GNU formats 0.0, 0.1, 1.0 or old GNU type `S`): its
+    /// content reads back expanded, holes as zeros, as GNU tar extracts it; `size` is the
+    /// expanded size.
+    public var isSparse: Bool
 
     public init(
         path: String, kind: TarEntryKind, mode: UInt32, mtime: Int64, size: UInt64 = 0, linkTarget: String? = nil,
-        rawPath: [UInt8]? = nil, rawLinkTarget: [UInt8]? = nil
+        rawPath: [UInt8]? = nil, rawLinkTarget: [UInt8]? = nil, isSparse: Bool = false
     ) {
         self.path = path
         self.kind = kind
@@ -44,6 +48,7 @@ public struct TarHeaderEntry: Hashable, Sendable {
         self.linkTarget = linkTarget
         self.rawPath = rawPath ?? Array(path.utf8)
         self.rawLinkTarget = rawLinkTarget ?? linkTarget.map { Array($0.utf8) }
+        self.isSparse = isSparse
     }
 }
 
@@ -69,6 +74,16 @@ enum Tar {
     static let devmajor = 329..<337
     static let devminor = 337..<345
     static let prefix = 345..<500
+
+    // The old GNU header (magic `ustar  `) keeps a sparse map where ustar has its prefix: four
+    // (offset, size) pairs of two 12-byte numbers each, a flag saying that extension blocks of
+    // 21 more pairs follow (each block ends in such a flag too), and the expanded size.
+    static let oldSparseMap = 386
+    static let oldSparseEntries = 4
+    static let oldSparseExtended = 482
+    static let oldSparseRealSize = 483..<495
+    static let extensionEntries = 21
+    static let extensionExtended = 504
 
     /// The largest value an 11-digit octal field (size, mtime) holds: 8 GiB - 1.
     static let maxOctal11: UInt64 = (1 << 33) - 1

@@ -161,13 +161,26 @@ final class OutputStream: @unchecked Sendable {
     }
 }
 
-/// A new file written under a temporary name and renamed into place when complete, so that an
-/// interrupted export never leaves a truncated archive under the real name.
+/// A new file that appears under its name only when complete, and leaves nothing behind when the
+/// export stops before that.
+///
+/// The file is made with `O_TMPFILE`: nameless in the target folder, so an interrupted export,
+/// even by SIGKILL or a power cut, leaves nothing behind; `commit` makes it durable and links it
+/// into place through `/proc/self/fd` (`linkat` never replaces an existing file). Where the
+/// filesystem cannot make nameless files (or `/proc` is not mounted), it falls back to a hidden
+/// `.NAME.tmp-PID-RANDOM` in the same folder, created exclusively, linked into place at the end,
+/// and removed on an error, on SIGINT, SIGTERM and SIGHUP (`TemporaryFileCleanup`); only a SIGKILL
+/// or a crash can then leave it.
 final class AtomicOutputFile {
     let path: String
-    let temporary: String
     let stream: OutputStream
+    /// The named temporary of the fallback; nil for a nameless file.
+    private let temporary: String?
     private var committed = false
+
+    /// `__O_TMPFILE | O_DIRECTORY`: Swift's Glibc module leaves the macro out; the value is the
+    /// same on every architecture Swift runs Linux on.
+    private static let O_TMPFILE = Int32(0o20000000) | O_DIRECTORY
 
     init(_ path: String) throws {
         if FileManager.default.fileExists(atPath: path) {
@@ -175,27 +188,138 @@ final class AtomicOutputFile {
                 message: "\(path) exists already; remove it or choose another path", status: ExitStatus.failure)
         }
         let url = URL(fileURLWithPath: path)
-        temporary =
-            url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())").path
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SnapError(.io, "cannot create \(path)", cause: Errno(errno)) }
+        let folder = url.deletingLastPathComponent().path
         self.path = path
+        var fd: Int32 = -1
+        if ProcessInfo.processInfo.environment["SNAP_TEST_NO_TMPFILE"] != "1" {
+            fd = open(folder, Self.O_TMPFILE | O_WRONLY | O_CLOEXEC, 0o600)
+            if fd < 0 && ![EOPNOTSUPP, EISDIR, EINVAL].contains(errno) {
+                throw SnapError(.io, "cannot create \(path)", cause: Errno(errno))
+            }
+            // Linking it needs /proc: without it, use the fallback from the start.
+            if fd >= 0 && access("/proc/self/fd/\(fd)", F_OK) != 0 {
+                close(fd)
+                fd = -1
+            }
+        }
+        if fd >= 0 {
+            temporary = nil
+        } else {
+            let name =
+                ".\(url.lastPathComponent).tmp-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+            let temporary = url.deletingLastPathComponent().appendingPathComponent(name).path
+            fd = try TemporaryFileCleanup.create(temporary)
+            self.temporary = temporary
+        }
         stream = OutputStream(fd: fd, path: path)
     }
 
     deinit {
-        if !committed { unlink(temporary) }
+        if !committed, let temporary { TemporaryFileCleanup.remove(temporary) }
         close(stream.fd)
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws { try stream.write(bytes) }
 
+    /// Makes the file durable, then gives it its name, then makes the name durable.
     func commit() throws {
         guard fsync(stream.fd) == 0 else { throw SnapError(.io, "cannot fsync \(path)", cause: Errno(errno)) }
-        guard link(temporary, path) == 0 else {
-            throw SnapError(.io, "cannot create \(path)", cause: Errno(errno))
+        let linked =
+            if let temporary {
+                link(temporary, path)
+            } else {
+                linkat(AT_FDCWD, "/proc/self/fd/\(stream.fd)", AT_FDCWD, path, AT_SYMLINK_FOLLOW)
+            }
+        guard linked == 0 else {
+            let error = errno
+            if error == EEXIST {
+                throw CommandFailure(
+                    message:
+                        "\(path) was created while the export ran; it is left as it was: remove it or choose another path",
+                    status: ExitStatus.failure)
+            }
+            throw SnapError(.io, "cannot create \(path)", cause: Errno(error))
         }
-        unlink(temporary)
         committed = true
+        if let temporary { TemporaryFileCleanup.remove(temporary) }
+        let folder = open(
+            URL(fileURLWithPath: path).deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if folder >= 0 {
+            defer { close(folder) }
+            guard fsync(folder) == 0 else {
+                throw SnapError(.io, "cannot fsync the folder of \(path)", cause: Errno(errno))
+            }
+        }
     }
+}
+
+/// Removes a named temporary file when SIGINT, SIGTERM or SIGHUP ends snap, then lets the signal
+/// act as it did before (forwarded to children, or the default). The handler only calls
+/// `unlink` on a path kept in memory allocated up front, which is async-signal-safe. One file at
+/// a time.
+enum TemporaryFileCleanup {
+    static let signals = [SIGINT, SIGTERM, SIGHUP]
+    /// The path being cleaned up, NUL-terminated; an empty string when none.
+    nonisolated(unsafe) static let path: UnsafeMutablePointer<CChar> = {
+        let path = UnsafeMutablePointer<CChar>.allocate(capacity: Int(PATH_MAX) + 1)
+        path.initialize(repeating: 0, count: Int(PATH_MAX) + 1)
+        return path
+    }()
+    /// The handlers in place before, by signal number.
+    nonisolated(unsafe) static let previous: UnsafeMutablePointer<sigaction> = {
+        let previous = UnsafeMutablePointer<sigaction>.allocate(capacity: 65)
+        previous.initialize(repeating: sigaction(), count: 65)
+        return previous
+    }()
+
+    /// Creates `temporary` exclusively (0600) with the cleanup armed; returns its descriptor.
+    static func create(_ temporary: String) throws -> Int32 {
+        let bytes = Array(temporary.utf8)
+        guard bytes.count <= Int(PATH_MAX), !bytes.contains(0) else {
+            throw SnapError(.invalidInput, "cannot create \(temporary): the name is too long")
+        }
+        // The path is in place before the file exists: a signal that comes in between removes
+        // nothing (the name is ours alone: pid and random digits). The first byte goes last, so a
+        // handler never sees half a path.
+        for (index, byte) in bytes.enumerated().dropFirst() { path[index] = CChar(bitPattern: byte) }
+        path[bytes.count] = 0
+        path[0] = CChar(bitPattern: bytes[0])
+        for signal in signals {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = cleanUpAndResignal
+            sigemptyset(&action.sa_mask)
+            sigaction(signal, &action, previous + Int(signal))
+            // `nohup`: a signal snap was started to ignore stays ignored.
+            if unsafeBitCast(previous[Int(signal)].__sigaction_handler.sa_handler, to: Int.self)
+                == unsafeBitCast(SIG_IGN, to: Int.self)
+            {
+                sigaction(signal, previous + Int(signal), nil)
+            }
+        }
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            let error = errno
+            disarm()
+            throw SnapError(.io, "cannot create \(temporary)", cause: Errno(error))
+        }
+        return fd
+    }
+
+    /// Removes `temporary` and disarms the cleanup.
+    static func remove(_ temporary: String) {
+        unlink(temporary)
+        disarm()
+    }
+
+    private static func disarm() {
+        path[0] = 0
+        for signal in signals { sigaction(signal, previous + Int(signal), nil) }
+    }
+}
+
+private func cleanUpAndResignal(_ signal: Int32) {
+    if TemporaryFileCleanup.path[0] != 0 { unlink(TemporaryFileCleanup.path) }
+    var previous = TemporaryFileCleanup.previous[Int(signal)]
+    sigaction(signal, &previous, nil)
+    raise(signal)
 }

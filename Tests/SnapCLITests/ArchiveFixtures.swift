@@ -1,5 +1,6 @@
 import Foundation
 import SnapTestSupport
+import Testing
 
 #if canImport(Glibc)
     import Glibc
@@ -34,6 +35,17 @@ func snapshotID(_ json: String) throws -> String {
 func backupName(forTime time: String) -> String {
     let digits = time.filter(\.isNumber)
     return "backup_\(digits.prefix(8))_\(digits.dropFirst(8).prefix(6)).tar.gz"
+}
+
+/// Runs the Python `script` (saved in `folder`) to write its archive `name` as
+/// `backup_20260101_000000.tar.gz` in `folder`; returns the archive's path.
+func makeScriptedArchive(_ script: String, _ name: String, in folder: TemporaryDirectory) throws -> String {
+    let scriptPath = folder.file("make-archive.py")
+    try writeFile(scriptPath, Array(script.utf8))
+    let archive = folder.file("backup_20260101_000000.tar.gz")
+    let made = try run("/usr/bin/env", ["python3", scriptPath, name, archive])
+    #expect(made.status == 0, "\(made.stderr)")
+    return archive
 }
 
 /// SHA-256 of a file, as hex.
