@@ -11,6 +11,9 @@ extern int syncfs(int fd);
 // when the new name exists, and with EINVAL where the filesystem cannot promise that.
 extern int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
 #define SNAP_RENAME_NOREPLACE 1
+// With SNAP_RENAME_EXCHANGE both names must exist, and they swap atomically (EINVAL where the
+// filesystem cannot).
+#define SNAP_RENAME_EXCHANGE 2
 
 // A pipe whose ends are close-on-exec from the start.
 extern int pipe2(int pipefd[2], int flags);
@@ -30,6 +33,20 @@ extern int sched_setaffinity(int pid, unsigned long size, const void *mask);
 static inline long snap_filesystem_type(const char *path) {
     struct statfs status;
     return statfs(path, &status) == 0 ? (long)status.f_type : -1;
+}
+
+#include <linux/stat.h>
+
+// statx (glibc 2.28), which Swift's Glibc module hides behind _GNU_SOURCE.
+extern int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *status);
+
+// Whether the folder open as fd is the root of a mount (a mount point, bind mounts included):
+// 1 or 0, or -1 when the kernel does not say (before Linux 5.8) or the call fails.
+static inline int snap_is_mount_root(int fd) {
+    struct statx status;
+    if (statx(fd, "", 0x1000 /* AT_EMPTY_PATH */, 0, &status) != 0) return -1;
+    if (!(status.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT)) return -1;
+    return (status.stx_attributes & STATX_ATTR_MOUNT_ROOT) ? 1 : 0;
 }
 
 // fcntl command that sets a pipe's capacity (linux/fcntl.h).

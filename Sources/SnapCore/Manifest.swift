@@ -90,20 +90,29 @@ public struct ManifestEntry: Sendable, Equatable {
 }
 
 /// JSON string with only `"`, `\` and control characters escaped; other text stays raw UTF-8.
+/// Runs of plain bytes are copied whole: a deep tree's paths are tens of kilobytes each.
 func appendJSONString(_ text: String, to out: inout [UInt8]) {
     out.append(UInt8(ascii: "\""))
-    for byte in text.utf8 {
-        switch byte {
-        case UInt8(ascii: "\""): out.append(contentsOf: #"\""#.utf8)
-        case UInt8(ascii: "\\"): out.append(contentsOf: #"\\"#.utf8)
-        case 0x0A: out.append(contentsOf: #"\n"#.utf8)
-        case 0x0D: out.append(contentsOf: #"\r"#.utf8)
-        case 0x09: out.append(contentsOf: #"\t"#.utf8)
-        case 0x00..<0x20:
-            out.append(contentsOf: #"\u00"#.utf8)
-            out.append(contentsOf: hexString([byte]).utf8)
-        default: out.append(byte)
+    var text = text
+    text.withUTF8 { bytes in
+        var plain = 0
+        for index in bytes.indices {
+            let byte = bytes[index]
+            guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[plain..<index]))
+            plain = index + 1
+            switch byte {
+            case UInt8(ascii: "\""): out.append(contentsOf: #"\""#.utf8)
+            case UInt8(ascii: "\\"): out.append(contentsOf: #"\\"#.utf8)
+            case 0x0A: out.append(contentsOf: #"\n"#.utf8)
+            case 0x0D: out.append(contentsOf: #"\r"#.utf8)
+            case 0x09: out.append(contentsOf: #"\t"#.utf8)
+            default:
+                out.append(contentsOf: #"\u00"#.utf8)
+                out.append(contentsOf: hexString([byte]).utf8)
+            }
         }
+        out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[plain...]))
     }
     out.append(UInt8(ascii: "\""))
 }
@@ -146,7 +155,9 @@ public struct ManifestReader {
             let content = try repository.loadObject(id, decompressor: decompressor)
             total += UInt64(content.count)
             var lineStart = content.startIndex
-            while let newline = content[lineStart...].firstIndex(of: 0x0A) {
+            // memchr: a deep tree's lines are tens of kilobytes (and tests run unoptimized code,
+            // where a generic search per byte is slow).
+            while let newline = Self.newline(in: content, from: lineStart) {
                 if pending.isEmpty {
                     try body(try ManifestEntry.decode(line: content[lineStart..<newline]))
                 } else {
@@ -161,6 +172,14 @@ public struct ManifestReader {
         guard pending.isEmpty else { throw SnapError(.corrupt, "the manifest ends in the middle of a line") }
         guard total == manifest.size else {
             throw SnapError(.corrupt, "the manifest holds \(total) bytes, its record says \(manifest.size)")
+        }
+    }
+
+    private static func newline(in content: [UInt8], from start: Int) -> Int? {
+        content.withUnsafeBytes { bytes in
+            guard start < bytes.count, let found = memchr(bytes.baseAddress! + start, 0x0A, bytes.count - start)
+            else { return nil }
+            return bytes.baseAddress!.distance(to: UnsafeRawPointer(found))
         }
     }
 }

@@ -1,3 +1,5 @@
+import CLinux
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -10,11 +12,41 @@
 /// An owned file descriptor, closed when the value is released.
 final class FileHandle: @unchecked Sendable {
     private(set) var fd: Int32
-    let path: String
+    private let location: Location
+
+    /// Where a handle was opened: a name and the location of the folder it was opened in. Each
+    /// open adds one node, whatever the depth, and the path is spelled out only for a message:
+    /// joining it at every open made a walk of a deep tree quadratic.
+    private final class Location: Sendable {
+        let parent: Location?
+        let name: String
+        init(parent: Location?, name: String) { (self.parent, self.name) = (parent, name) }
+    }
+
+    /// The path the handle was opened by, for messages.
+    var path: String {
+        var names: [String] = []
+        var current: Location? = location
+        while let node = current {
+            names.append(node.name)
+            current = node.parent
+        }
+        return names.reversed().reduce("") { join($0, $1) }
+    }
 
     init(fd: Int32, path: String) {
         self.fd = fd
-        self.path = path
+        self.location = Location(parent: nil, name: path)
+    }
+
+    private init(fd: Int32, name: String, in dir: FileHandle?) {
+        self.fd = fd
+        self.location = Location(parent: dir?.location, name: name)
+    }
+
+    private init(fd: Int32, location: Location) {
+        self.fd = fd
+        self.location = location
     }
 
     deinit { if fd >= 0 { Glibc.close(fd) } }
@@ -34,9 +66,9 @@ final class FileHandle: @unchecked Sendable {
     }
 
     /// Opens a name as the folder lists it (bytes, not necessarily UTF-8).
-    static func open(_ name: [UInt8], _ flags: Int32, at dir: FileHandle) throws -> FileHandle {
+    static func open(_ name: [UInt8], _ flags: Int32, mode: mode_t = 0o600, at dir: FileHandle) throws -> FileHandle {
         try Posix.withCName(name) {
-            try open($0, shown: String(decoding: name, as: UTF8.self), flags, mode: 0, at: dir)
+            try open($0, shown: String(decoding: name, as: UTF8.self), flags, mode: mode, at: dir)
         }
     }
 
@@ -47,7 +79,15 @@ final class FileHandle: @unchecked Sendable {
         guard fd >= 0 else {
             throw SnapError(.io, "cannot open \(display(shown, in: dir))", cause: Errno(errno))
         }
-        return FileHandle(fd: fd, path: dir.map { join($0.path, shown) } ?? shown)
+        return FileHandle(fd: fd, name: shown, in: dir)
+    }
+
+    /// The folder this one was opened in, opened again through `..`: no path is formed however
+    /// deep the folder lies. The caller checks that it is the folder it expects (device and inode).
+    func openParentFolder() throws -> FileHandle {
+        let fd = retryOnInterrupt { openat(self.fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        guard fd >= 0 else { throw SnapError(.io, "cannot open the folder above \(path)", cause: Errno(errno)) }
+        return FileHandle(fd: fd, location: location.parent ?? Location(parent: location, name: ".."))
     }
 
     /// Sets the open file's or folder's mode: no symlink can redirect it, unlike a chmod by name.
@@ -107,6 +147,16 @@ final class FileHandle: @unchecked Sendable {
         guard fstat(fd, &st) == 0 else { throw SnapError(.io, "cannot stat \(path)", cause: Errno(errno)) }
         return FileStatus(st)
     }
+
+    /// Whether this folder is the root of a mount (a mount point, a bind mount included); nil
+    /// when the kernel does not say (before Linux 5.8).
+    func isMountRoot() -> Bool? {
+        switch snap_is_mount_root(fd) {
+        case 1: true
+        case 0: false
+        default: nil
+        }
+    }
 }
 
 /// The parts of `stat` that snap records.
@@ -119,6 +169,8 @@ struct FileStatus {
     var ctimeNanoseconds: Int64
     var inode: UInt64
     var device: UInt64
+    var owner: uid_t
+    var group: gid_t
 
     init(_ st: stat) {
         switch st.st_mode & S_IFMT {
@@ -133,6 +185,8 @@ struct FileStatus {
         ctimeNanoseconds = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
         inode = UInt64(st.st_ino)
         device = UInt64(st.st_dev)
+        owner = st.st_uid
+        group = st.st_gid
     }
 }
 
@@ -224,6 +278,25 @@ enum Posix {
     static func rename(_ from: String, _ to: String, in dir: FileHandle?) throws {
         guard renameat(dir?.fd ?? AT_FDCWD, from, dir?.fd ?? AT_FDCWD, to) == 0 else {
             throw SnapError(.io, "cannot rename \(display(from, in: dir)) to \(to)", cause: Errno(errno))
+        }
+    }
+
+    /// Renames `from` to `to` in the same folder, atomically swapping the two when `exchange`
+    /// (both must exist), else failing with EEXIST when `to` exists. Returns the errno on failure:
+    /// EINVAL where the filesystem cannot do it.
+    static func renameExclusively(_ from: String, _ to: String, in dir: FileHandle, exchange: Bool) -> Int32? {
+        let flags = UInt32(exchange ? SNAP_RENAME_EXCHANGE : SNAP_RENAME_NOREPLACE)
+        return renameat2(dir.fd, from, dir.fd, to, flags) == 0 ? nil : errno
+    }
+
+    /// Sets the permission bits of a name in a folder without following a symlink (glibc goes
+    /// through an O_PATH descriptor; a symlink fails with EOPNOTSUPP).
+    static func setMode(_ name: [UInt8], in dir: FileHandle, _ mode: UInt32) throws {
+        try withCName(name) { cName in
+            guard fchmodat(dir.fd, cName, mode_t(mode), AT_SYMLINK_NOFOLLOW) == 0 else {
+                let shown = String(decoding: name, as: UTF8.self)
+                throw SnapError(.io, "cannot set the mode of \(display(shown, in: dir))", cause: Errno(errno))
+            }
         }
     }
 

@@ -106,13 +106,28 @@ public final class SnapshotBuilder {
         return resolved.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 
+    /// `validateStorage`, and refuses a storage folder that holds the repository (found by
+    /// device and inode, so no symlink or bind mount hides it): the snapshot would store the
+    /// repository into itself, growing with every run. A bind mount of the repository deeper in
+    /// the folder is found by the walk, which then records nothing.
+    public static func validateStorage(_ path: String, repository: Repository) throws -> String {
+        let storage = try validateStorage(path)
+        let lineage = RepositoryLineage(repository.path)
+        if let status = try? FileHandle.open(storage, O_RDONLY | O_DIRECTORY).status(),
+            lineage.holdsRepository(FolderIdentity(status))
+        {
+            throw holdsRepository(path, repository, at: nil)
+        }
+        return storage
+    }
+
     /// Runs the snapshot and commits it. Throws (recording nothing) when the dump fails or the
     /// repository cannot be written; per-file read errors are recorded in the snapshot instead.
     public func run(dump: DatabaseDump? = nil) throws -> Snapshot {
         // A snapshot is dated when it starts: the dump's transaction and the file walk begin then.
         let started = Timestamp.now()
         cancelled.store(false, ordering: .relaxed)
-        let storage = try options.storage.map(Self.validateStorage)
+        let storage = try options.storage.map { try Self.validateStorage($0, repository: repository) }
         reporter = Reporter(onWarning: onWarning, onProgress: onProgress)
         reporter.update { $0.hasStorage = storage != nil }
         let writer = try SnapshotWriter(repository: repository)
@@ -209,6 +224,10 @@ public final class SnapshotBuilder {
 
     // MARK: Storage tree
 
+    /// Walks the tree depth first, without recursion: one `FolderStack` level per folder, so
+    /// memory, time and descriptors do not grow with depth beyond the names of the folders being
+    /// walked (a tree ten thousand folders deep crashed the recursive walk, whose every level also
+    /// copied the set of its ancestors and the path).
     private func walkStorage(_ root: String, writer: SnapshotWriter) throws {
         writer.onChunk = { [reporter, unowned writer] in
             let (bytes, new) = (writer.bytesSeen, writer.newBytes)
@@ -221,43 +240,33 @@ public final class SnapshotBuilder {
         let status = try rootHandle.status()
         try writer.append(
             ManifestEntry(kind: .directory, path: ".", mode: status.mode, mtime: status.mtimeNanoseconds))
-        try walkDirectory(rootHandle, prefix: "", ancestors: [FolderIdentity(status)], writer: writer)
-    }
-
-    /// A folder by device and inode: a bind mount of an ancestor inside the tree would otherwise
-    /// be walked without end.
-    private struct FolderIdentity: Hashable {
-        var device: UInt64
-        var inode: UInt64
-        init(_ status: FileStatus) { (device, inode) = (status.device, status.inode) }
-    }
-
-    private func warn(_ message: String) { reporter.warn(message) }
-
-    private func walkDirectory(
-        _ directory: FileHandle, prefix: String, ancestors: Set<FolderIdentity>, writer: SnapshotWriter
-    ) throws {
-        let names: [[UInt8]]
-        do {
-            // Byte order, not String order: two names that Unicode calls equal are still two files.
-            names = try Posix.listDirectory(directory).sorted { $0.lexicographicallyPrecedes($1) }
-        } catch {
-            warn(
-                "\(display(prefix)): cannot list the folder (\(reason(error))); its content is missing from the snapshot"
-            )
-            return
-        }
-        for rawName in names {
+        guard let names = listFolder(rootHandle, path: []) else { return }
+        var stack = FolderStack(
+            root: rootHandle, identity: FolderIdentity(status), payload: FolderListing(names: names))
+        let repositoryFolder = RepositoryLineage(repository.path).repository
+        while true {
             if cancelled.load(ordering: .relaxed) { throw SnapError(.io, "the snapshot was abandoned") }
-            guard let name = String(validating: rawName, as: UTF8.self) else {
-                let shown = String(decoding: rawName, as: UTF8.self)
-                warn("\(display(prefix + "/" + shown)): the name is not valid UTF-8; skipped (rename it to back it up)")
+            guard let directory = stack.top, stack.payload.next < stack.payload.names.count else {
+                if stack.depth == 0 { return }
+                do {
+                    _ = try stack.pop()
+                } catch {
+                    // The rest of the folder above cannot be read: skip it, and try the next one up.
+                    warn("\(reason(error)); the rest of its content is missing from the snapshot")
+                }
                 continue
             }
-            let path = prefix.isEmpty ? name : prefix + "/" + name
+            let rawName = stack.payload.names[stack.payload.next]
+            stack.payload.next += 1
+            let rawPath = stack.path(of: rawName)
+            guard let path = String(validating: rawPath, as: UTF8.self) else {
+                let shown = String(decoding: rawPath, as: UTF8.self)
+                warn("\(shown): the name is not valid UTF-8; skipped (rename it to back it up)")
+                continue
+            }
             let status: FileStatus
             do {
-                guard let found = try Posix.status(name, in: directory) else { continue }  // gone since the listing
+                guard let found = try Posix.status(rawName, in: directory) else { continue }  // gone since the listing
                 status = found
             } catch {
                 warn("\(path): cannot read its attributes (\(reason(error))); skipped")
@@ -268,27 +277,33 @@ public final class SnapshotBuilder {
                 // The folder is recorded even when its content cannot be read (FORMAT §7.3).
                 try writer.append(
                     ManifestEntry(kind: .directory, path: path, mode: status.mode, mtime: status.mtimeNanoseconds))
-                guard !ancestors.contains(FolderIdentity(status)) else {
+                if FolderIdentity(status) == repositoryFolder {
+                    throw Self.holdsRepository(options.storage ?? root, repository, at: path)
+                }
+                guard !stack.holds(FolderIdentity(status)) else {
                     warn("\(path): the folder is one of its own ancestors (a bind mount?); its content is skipped")
                     continue
                 }
                 let child: FileHandle
+                let childStatus: FileStatus
                 do {
-                    child = try FileHandle.open(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory)
+                    child = try FileHandle.open(rawName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, at: directory)
+                    childStatus = try child.status()
                 } catch {
                     warn("\(path): cannot open the folder (\(reason(error))); its content is missing from the snapshot")
                     continue
                 }
-                try walkDirectory(
-                    child, prefix: path, ancestors: ancestors.union([FolderIdentity(status)]), writer: writer)
+                guard let names = listFolder(child, path: rawPath) else { continue }
+                stack.push(
+                    rawName, handle: child, identity: FolderIdentity(childStatus), payload: FolderListing(names: names))
             case .regular:
-                guard let entry = try readFile(name, path: path, in: directory, writer: writer)
+                guard let entry = try readFile(rawName, path: path, in: directory, writer: writer)
                 else { continue }
                 try writer.append(entry)
                 reporter.update { $0.files += 1 }
             case .symlink:
                 do {
-                    let target = try Posix.readLink(name, in: directory)
+                    let target = try Posix.readLink(String(decoding: rawName, as: UTF8.self), in: directory)
                     try writer.append(
                         ManifestEntry(
                             kind: .symlink, path: path, mode: status.mode, mtime: status.mtimeNanoseconds,
@@ -302,11 +317,34 @@ public final class SnapshotBuilder {
         }
     }
 
+    private func warn(_ message: String) { reporter.warn(message) }
+
+    /// The folder's names in manifest order, or nil (with a warning) when it cannot be listed.
+    private func listFolder(_ folder: FileHandle, path: [UInt8]) -> [[UInt8]]? {
+        do {
+            // Byte order, not String order: two names that Unicode calls equal are still two files.
+            return try Posix.listDirectory(folder).sorted { $0.lexicographicallyPrecedes($1) }
+        } catch {
+            warn(
+                "\(display(String(decoding: path, as: UTF8.self))): cannot list the folder (\(reason(error))); its content is missing from the snapshot"
+            )
+            return nil
+        }
+    }
+
+    private static func holdsRepository(_ storage: String, _ repository: Repository, at path: String?) -> SnapError {
+        let place = path.map { " (as \($0))" } ?? ""
+        return SnapError(
+            .invalidInput,
+            "storage folder \(storage) holds the repository \(repository.path)\(place), which a snapshot would store into itself; keep the repository outside the storage folder, or back up a folder that does not hold it; nothing was recorded"
+        )
+    }
+
     /// The file's entry, or nil (with a warning) when it cannot be read. Read errors in the middle
     /// of a file leave its chunks stored but no entry: a partial file is never recorded as whole.
     /// A file that changes while it is read is read again, once; if it changed again, what was
     /// read is recorded with a warning.
-    private func readFile(_ name: String, path: String, in directory: FileHandle, writer: SnapshotWriter) throws
+    private func readFile(_ name: [UInt8], path: String, in directory: FileHandle, writer: SnapshotWriter) throws
         -> ManifestEntry?
     {
         let handle: FileHandle
