@@ -7,8 +7,10 @@ import Foundation
 /// Test hooks for crash-safety tests.
 ///
 /// With `SNAP_TEST_KILL_AFTER=N` in the environment, the process kills itself with SIGKILL at the
-/// N-th repository mutation (an object written, published or deleted; a record written or
-/// removed), exactly as a power cut or `kill -9` would stop it there. Without the variable it
+/// N-th mutation (in a repository: an object written, published or deleted, a record written or
+/// removed; in a storage restore: an entry of the target or of the tree built beside it created,
+/// written, renamed, swapped or removed, or its mode or time set), exactly as a power cut or
+/// `kill -9` would stop it there. Without the variable it
 /// costs one atomic increment per mutation.
 ///
 /// With `SNAP_TEST_HASH_AT_EXIT=1`, `startHashingAtExit()` leaves threads hashing, and others

@@ -28,9 +28,10 @@ final class CrashScratch: @unchecked Sendable {
     let path: String
     private let removeOnRelease: Bool
 
-    init(_ prefix: String, keepUntilExit: Bool = false) throws {
+    /// `preferring`: a folder to make it in when it is writable, instead of /var/tmp.
+    init(_ prefix: String, keepUntilExit: Bool = false, preferring preferred: String = "/var/tmp") throws {
         let environmentBase = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 }
-        let base = access("/var/tmp", W_OK) == 0 ? "/var/tmp" : environmentBase ?? "/tmp"
+        let base = access(preferred, W_OK) == 0 ? preferred : environmentBase ?? "/tmp"
         var template = Array("\(base)/snap-crash-\(prefix)-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw TestSupportError("cannot create a scratch folder in \(base): \(String(cString: strerror(errno)))")

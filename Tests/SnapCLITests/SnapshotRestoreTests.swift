@@ -203,6 +203,27 @@ func makeAwkwardTree(at root: String) throws {
             [root, ManifestEntry(kind: .file, path: "no-parent/pwned", mode: 0o644)],
             // symlinkat would stop at the NUL and make a link to "..".
             [root, ManifestEntry(kind: .symlink, path: "up", target: "..\u{0}/x")],
+            // Out of the depth-first order, listed twice, or a folder's entry after another's:
+            // the restore checks the order, which rules these out with one path in memory.
+            [
+                root, ManifestEntry(kind: .file, path: "b", mode: 0o644),
+                ManifestEntry(kind: .file, path: "a", mode: 0o644),
+            ],
+            [
+                root, ManifestEntry(kind: .file, path: "a", mode: 0o644),
+                ManifestEntry(kind: .file, path: "a", mode: 0o644),
+            ],
+            [
+                root, ManifestEntry(kind: .directory, path: "a", mode: 0o755),
+                ManifestEntry(kind: .file, path: "b", mode: 0o644),
+                ManifestEntry(kind: .file, path: "a/x", mode: 0o644),
+            ],
+            [
+                root, ManifestEntry(kind: .symlink, path: "evil", target: outside),
+                ManifestEntry(kind: .directory, path: "evil", mode: 0o755),
+                ManifestEntry(kind: .file, path: "evil/pwned", mode: 0o644),
+            ],
+            [root, root, ManifestEntry(kind: .file, path: "pwned", mode: 0o644)],
         ]
         for entries in cases {
             let hostile = try commitHostile(entries)
