@@ -194,7 +194,7 @@ public final class DumpRestore {
                     "--clean loads the snapshot into a new database and swaps it in for \(target), and role \"\(connection.user)\" may not (it needs CREATEDB and membership in the database owner's role); nothing was changed"
                 )
             }
-            ReplacementDatabase.noteLeftovers(on: connection) { options.onNote?($0) }
+            ReplacementDatabase.noteLeftovers(of: database, on: connection) { options.onNote?($0) }
         }
         switch reading {
         case .notCustomFormat(let kind):

@@ -230,21 +230,26 @@ final class ReplacementDatabase {
         return name
     }
 
-    /// Says which databases earlier `--clean` runs left: a replacement when killed before its
-    /// swap (or one running now), a replaced database when killed after the swap and before the
-    /// drop. Named, never dropped here: a database snap did not create in this run is not snap's
-    /// to remove, and a replaced one holds the data from before that restore.
-    static func noteLeftovers(on connection: PostgresConnection, onNote: (String) -> Void) {
-        let pattern = "^(\(replacementPrefix)|\(replacedPrefix))[0-9a-f]+_"
+    /// Says which databases earlier `--clean` runs of database `live` left: a replacement when
+    /// killed before its swap (or one running now), a replaced database when killed after the
+    /// swap and before the drop. Named, never dropped here: a database snap did not create in
+    /// this run is not snap's to remove, and a replaced one holds the data from before that
+    /// restore. (Their names end with as much of `live` as fits in 63 bytes.)
+    static func noteLeftovers(of live: String, on connection: PostgresConnection, onNote: (String) -> Void) {
         guard
             let names = try? connection.query(
-                "SELECT datname FROM pg_database WHERE datname ~ $1 ORDER BY datname", [pattern]
+                """
+                SELECT datname FROM (
+                  SELECT datname, substring(datname from '^snap_(?:restore|replaced)_[0-9a-f]+_(.*)$') AS cut
+                  FROM pg_database) leftovers
+                WHERE cut <> '' AND left($1, length(cut)) = cut ORDER BY datname
+                """, [live]
             ).compactMap({ $0.first ?? nil }), !names.isEmpty
         else { return }
         let shown = names.prefix(3).map { "\"\($0)\"" }.joined(separator: ", ") + (names.count > 3 ? ", ..." : "")
         let one = names.count == 1
         onNote(
-            "\(one ? "database" : "\(names.count) databases") \(shown) \(one ? "is" : "are") left from an interrupted restore --clean (or belong to one running now): \(replacementPrefix)… ones are unfinished copies, \(replacedPrefix)… ones the databases they replaced; drop \(one ? "it" : "them") once no restore runs and nothing in \(one ? "it" : "them") is needed"
+            "\(one ? "database" : "\(names.count) databases") \(shown) \(one ? "is" : "are") left from an interrupted restore --clean of \"\(live)\" (or belong to one running now): \(replacementPrefix)… ones are unfinished copies, \(replacedPrefix)… ones the databases they replaced; drop \(one ? "it" : "them") once no restore runs and nothing in \(one ? "it" : "them") is needed"
         )
     }
 

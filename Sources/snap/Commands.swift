@@ -125,7 +125,7 @@ struct SnapshotCommand: ParsableCommand {
                 message: "nothing to snapshot: --no-db needs --storage DIR (or SNAP_STORAGE)", status: ExitStatus.usage)
         }
         // Check the folder before connecting, so that bad input never starts a dump.
-        if let storagePath { _ = try SnapshotBuilder.validateStorage(storagePath) }
+        if let storagePath { _ = try SnapshotBuilder.validateStorage(storagePath, repository: repository) }
         var options = SnapshotOptions(storage: storagePath, tags: tag, program: "snap \(Snap.version)")
         options.forceDump = forceDump
         let builder = SnapshotBuilder(repository: repository, options: options)

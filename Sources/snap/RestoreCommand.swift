@@ -132,17 +132,15 @@ struct RestoreCommand: ParsableCommand {
         // Every check before any change: the folder, the snapshot's paths, then the database.
         var files: Restorer?
         if restoreStorage, let storageTo {
-            files = Restorer(repository: repository, snapshot: snapshot, target: storageTo, clean: clean)
-            try files?.prepare()
+            let restorer = Restorer(repository: repository, snapshot: snapshot, target: storageTo, clean: clean)
+            restorer.onNote = note
+            try restorer.prepare()
+            files = restorer
         }
         let database = restoreDatabase ? try DatabaseTarget(self, repository, snapshot) : nil
         if dryRun {
             if let database { print(try database.plan()) }
-            if files != nil, let storageTo {
-                print(
-                    "storage: would restore into \(storageTo)\(clean ? ", removing what the snapshot does not have" : "")"
-                )
-            }
+            if let files, let storageTo { print(Self.describe(try files.plan(), target: storageTo, clean: clean)) }
             print("dry run: nothing was changed")
             return
         }
@@ -152,21 +150,32 @@ struct RestoreCommand: ParsableCommand {
             )
         }
 
-        // The folder is restored on its own thread while pg_restore loads the database (into a
-        // new database beside the target with --clean).
-        let storageWork = files.map { restorer in BackgroundWork { try restorer.run() } }
+        // The folder is built on its own thread (beside the target, where it can be) while
+        // pg_restore loads the database (into a new database beside the target with --clean).
+        // Only when both are whole is either swapped in: the database first (its swap can be
+        // refused, by a session that will not end), then the folder.
+        let storageWork = files.map { restorer in BackgroundWork { try restorer.stage() } }
         let databaseResult = Result { try database?.load() }
         let storageResult = storageWork.map { work in Result { try work.wait() } }
 
         var summary: RestoreSummary?
-        if case .success(let loaded?) = databaseResult {
-            if case .failure? = storageResult {
-                // The folder failed: the database keeps its state too.
-                database?.restore.discard()
-            } else {
-                summary = loaded
-                summary?.endedSessions = try database?.restore.commit() ?? []
+        var commitFailure: (any Error)?
+        switch (databaseResult, storageResult) {
+        case (.success(let loaded), .success?), (.success(let loaded), nil):
+            do {
+                if let loaded {
+                    summary = loaded
+                    summary?.endedSessions = try database?.restore.commit() ?? []
+                }
+                try files?.commit()
+            } catch {
+                commitFailure = error
+                files?.discard()
             }
+        default:
+            // One side failed: the other keeps its target as it was, where it can.
+            database?.restore.discard()
+            files?.discard()
         }
         if let summary {
             if !summary.endedSessions.isEmpty {
@@ -180,20 +189,74 @@ struct RestoreCommand: ParsableCommand {
             if summary.replaced { line += "; the previous database was replaced" }
             print(line)
         }
-        if case .success(let statistics)? = storageResult, let storageTo {
+        if commitFailure == nil, case .success(let statistics)? = storageResult, let storageTo {
             var line =
                 "restored storage into \(storageTo): \(statistics.files) files (\(formatBytes(statistics.bytes))), \(statistics.directories) folders, \(statistics.symlinks) symlinks"
             if clean { line += "; removed \(statistics.removed) entries the snapshot does not have" }
             print(line)
         }
-        if case .failure(let error) = databaseResult { throw error }
-        if case .failure(let error)? = storageResult {
-            let database = summary == nil && restoreDatabase && clean ? "; the database was not changed" : ""
+        let databaseOutcome =
+            database == nil
+            ? "" : summary != nil ? "; the database was restored" : clean ? "; the database was not changed" : ""
+        if let commitFailure {
+            // The database swapped in, the folder could not be: say which is which.
+            guard summary != nil, let storageTo else { throw commitFailure }
             throw CommandFailure(
-                message:
-                    "storage restore into \(storageTo ?? "") failed: \(error); the folder is partly restored, run the restore again with --clean\(database)",
+                message: "\(commitFailure); the database was restored, the storage folder \(storageTo) was not",
                 status: ExitStatus.failure)
         }
+        if case .failure(let error) = databaseResult {
+            guard let storageTo, case .success? = storageResult else { throw error }
+            throw CommandFailure(
+                message: "\(error); the storage folder \(storageTo) \(storageOutcome(files, written: true))",
+                status: ExitStatus.failure)
+        }
+        if case .failure(let error)? = storageResult {
+            throw CommandFailure(
+                message:
+                    "storage restore into \(storageTo ?? "") failed: \(error); it \(storageOutcome(files, written: false))\(databaseOutcome)",
+                status: ExitStatus.failure)
+        }
+    }
+
+    /// What a storage restore that was not swapped in left, for messages: beside the target, the
+    /// target as it was; in place, what was `written`, whole or not.
+    private func storageOutcome(_ files: Restorer?, written: Bool) -> String {
+        guard case .inPlace? = files?.method else { return "was left as it was" }
+        return written
+            ? "was restored in place (it could not be built beside)"
+            : "is partly restored: run the restore again with --clean"
+    }
+
+    /// The storage part of `--dry-run`.
+    static func describe(_ plan: RestorePlan, target: String, clean: Bool) -> String {
+        func counted(_ changes: RestorePlan.Changes) -> String {
+            var kinds: [String] = []
+            if changes.files > 0 { kinds.append("\(changes.files) file(s)") }
+            if changes.folders > 0 { kinds.append("\(changes.folders) folder(s)") }
+            if changes.symlinks > 0 { kinds.append("\(changes.symlinks) symlink(s)") }
+            return kinds.isEmpty ? "none" : kinds.joined(separator: ", ")
+        }
+        var how: String
+        switch plan.method {
+        case .beside: how = "built beside \(target) and swapped in"
+        case .inPlace(let reason): how = "written into \(target) in place (\(reason))"
+        }
+        var lines = ["storage: would restore \(formatBytes(plan.bytes)) of files, \(how)"]
+        for (label, changes) in [
+            ("new", plan.new), ("replaced", plan.replaced), ("unchanged", plan.unchanged),
+            ("removed", plan.removed),
+        ] where changes.count > 0 || label != "removed" || clean {
+            var line = "  \(label): \(counted(changes))"
+            if !changes.examples.isEmpty {
+                line +=
+                    ": " + changes.examples.joined(separator: ", ")
+                    + (changes.count > changes.examples.count ? ", ..." : "")
+            }
+            lines.append(line)
+        }
+        lines += plan.notes.map { "  note: \($0)" }
+        return lines.joined(separator: "\n")
     }
 
     private func note(_ text: String) { StandardError.write("snap: note: \(text)\n") }

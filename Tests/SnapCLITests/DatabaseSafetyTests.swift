@@ -84,6 +84,68 @@ private let needsServer = Testing.ConditionTrait.enabled(
         #expect(try leftovers(of: live) == "0")
     }
 
+    /// Database and folder together: each is built beside its target and swapped in only when
+    /// both are whole; a damaged object on either side leaves both targets as they were.
+    @Test func aRestoreOfBothSwapsNeitherWhenEitherFails() throws {
+        let folder = try TemporaryDirectory()
+        let live = try makeAwkwardDatabase(cluster)
+        let storage = folder.file("storage")
+        try FileManager.default.createDirectory(atPath: storage + "/sub", withIntermediateDirectories: true)
+        try writeFile(storage + "/sub/a.bin", pseudoRandomBytes(300_000, seed: 7))
+        try writeFile(storage + "/b.txt", Array("b\n".utf8))
+        let repo = folder.file("repo")
+        try snap("--repo", repo, "init")
+        let taken = try snap(
+            "--repo", repo, "snapshot", "--db", cluster.conninfo(database: live), "--storage", storage)
+        #expect(taken.status == 0, "\(taken.stderr)")
+        try cluster.psql("CREATE TABLE public.newer (x int)", database: live)
+        try writeFile(storage + "/c.txt", Array("newer\n".utf8))
+        let (databaseBefore, folderBefore) = (try dump(live), try readTree(storage))
+
+        let repository = try Repository.open(at: repo)
+        let record = try repository.snapshots().snapshots[0].record
+        let reader = ManifestReader(repository: repository)
+        let dumpChunks = try #require(try reader.databaseEntry(record.manifest)?.chunks)
+        var fileChunk: ObjectID?
+        try reader.forEachEntry(record.manifest) { entry in
+            if entry.path == "sub/a.bin" { fileChunk = entry.chunks.first }
+        }
+        for victim in [dumpChunks[dumpChunks.count / 2], try #require(fileChunk)] {
+            let path = "\(repo)/objects/\(victim.hex.prefix(2))/\(victim.hex)"
+            let original = try #require(FileManager.default.contents(atPath: path))
+            try writeFile(path, Array(original.reversed()), mode: 0o600)
+            let failed = try snap(
+                "--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: live), "--storage-to", storage,
+                "--clean")
+            #expect(failed.status == 1, "\(failed.stderr)")
+            #expect(
+                failed.stderr.contains("left as it was") || failed.stderr.contains("not changed"), "\(failed.stderr)")
+            #expect(try dump(live) == databaseBefore)
+            #expect(differences(folderBefore, try readTree(storage)).isEmpty)
+            #expect(try leftovers(of: live) == "0")
+            try writeFile(path, Array(original), mode: 0o600)
+        }
+
+        // The dry run names what would change on both sides.
+        let plan = try snap(
+            "--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: live), "--storage-to", storage,
+            "--clean", "--dry-run")
+        #expect(plan.status == 0, "\(plan.stderr)")
+        #expect(plan.stdout.contains("database: would load"), "\(plan.stdout)")
+        #expect(
+            plan.stdout.contains("built beside \(storage)") && plan.stdout.contains("removed: 1 file(s): c.txt"),
+            "\(plan.stdout)")
+        #expect(try dump(live) == databaseBefore)
+        #expect(differences(folderBefore, try readTree(storage)).isEmpty)
+
+        let restored = try snap(
+            "--repo", repo, "restore", "latest", "--db", cluster.conninfo(database: live), "--storage-to", storage,
+            "--clean")
+        #expect(restored.status == 0, "\(restored.stderr)")
+        #expect(try dump(live) != databaseBefore)
+        #expect(!FileManager.default.fileExists(atPath: storage + "/c.txt"))
+    }
+
     /// An imported archive may hold a plain SQL `database.dump`: refused up front, never loaded
     /// half-way into a swapped-in database.
     @Test func aPlainSQLDumpIsRefusedBeforeAnythingChanges() throws {
