@@ -43,6 +43,8 @@ public final class LocalObjectStore: ObjectStore {
 
     let root: String
     let flushEvery: Int
+    /// What root creates here is given to the repository's owner.
+    let owner: RepositoryOwner
     private let dirtyFolders = Mutex<Set<String>>([])
     private let knownFolders = Mutex<Set<String>>([])
     private let pending = Mutex<[(temporary: String, final: String, folder: String)]>([])
@@ -87,10 +89,16 @@ public final class LocalObjectStore: ObjectStore {
         self.init(root: root, flushEvery: flushEvery, syncfsFileSystems: Self.syncfsFileSystems)
     }
 
-    init(root: String, flushEvery: Int, syncfsFileSystems: Set<Int>) {
+    /// `owner` defaults to the user running snap: nothing to give away.
+    init(root: String, flushEvery: Int, syncfsFileSystems: Set<Int>, owner: RepositoryOwner? = nil) {
         self.root = root
         self.flushEvery = flushEvery
         self.syncfsFileSystems = syncfsFileSystems
+        self.owner = owner ?? RepositoryOwner(uid: geteuid(), gid: getegid(), path: root)
+    }
+
+    convenience init(root: String, owner: RepositoryOwner) {
+        self.init(root: root, flushEvery: 4096, syncfsFileSystems: Self.syncfsFileSystems, owner: owner)
     }
 
     func folder(for id: ObjectID) -> String { join(root, String(id.hex.prefix(2))) }
@@ -101,24 +109,30 @@ public final class LocalObjectStore: ObjectStore {
     @discardableResult
     public func put(_ id: ObjectID, encoded: [UInt8]) throws -> Bool {
         let folder = folder(for: id)
-        if !knownFolders.withLock({ $0.contains(folder) }) {
-            try Posix.ensureDirectory(folder, in: nil)
-            // The new folder's own entry must be durable too, or a committed object could vanish;
-            // marked before the folder counts as known, so no flush can miss it.
-            dirtyFolders.withLock { _ = $0.insert(root) }
-            knownFolders.withLock { _ = $0.insert(folder) }
-        }
         let final = join(folder, id.hex)
-        if try Posix.status(final, in: nil) != nil { return false }
-        _ = try syncHandle()
         let temporary = join(folder, Self.temporaryPrefix + id.hex + "-" + Posix.randomHex(6))
+        let handle: FileHandle
         do {
-            let handle = try FileHandle.open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+            if !knownFolders.withLock({ $0.contains(folder) }) {
+                try owner.makeFolder(folder)
+                // The new folder's own entry must be durable too, or a committed object could
+                // vanish; marked before the folder counts as known, so no flush can miss it.
+                dirtyFolders.withLock { _ = $0.insert(root) }
+                knownFolders.withLock { _ = $0.insert(folder) }
+            }
+            if try Posix.status(final, in: nil) != nil { return false }
+            _ = try syncHandle()
+            handle = try FileHandle.open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+        } catch {
+            throw owner.explain(error)
+        }
+        do {
+            try owner.adopt(handle)
             try handle.writeAll(encoded)
             try handle.close()
         } catch {
             unlink(temporary)
-            throw error
+            throw owner.explain(error)
         }
         FaultInjection.step()
         let count = pending.withLock {
@@ -135,12 +149,12 @@ public final class LocalObjectStore: ObjectStore {
         do {
             handle = try FileHandle.open(path, O_RDONLY)
         } catch let error as SnapError {
-            if case let errno as Errno = error.cause, errno.rawValue == ENOENT {
+            if error.errorNumber == ENOENT {
                 throw SnapError(.notFound, "object \(id.hex) is missing from the repository")
             }
-            throw error
+            throw owner.explain(error)
         }
-        return try handle.readAll()
+        return try owner.explaining { try handle.readAll() }
     }
 
     public func contains(_ id: ObjectID) throws -> Bool {
@@ -148,7 +162,7 @@ public final class LocalObjectStore: ObjectStore {
     }
 
     public func size(of id: ObjectID) throws -> UInt64? {
-        try Posix.status(path(for: id), in: nil)?.size
+        try owner.explaining { try Posix.status(path(for: id), in: nil)?.size }
     }
 
     public func list(_ body: (ObjectID) throws -> Void) throws {
@@ -159,17 +173,22 @@ public final class LocalObjectStore: ObjectStore {
     /// folder of its first two digits); `other` gets the path, relative to the store, of anything
     /// else (temporary files of interrupted writes excepted).
     func scan(object: (ObjectID) throws -> Void, other: (String) -> Void) throws {
-        let rootHandle = try FileHandle.open(root, O_RDONLY | O_DIRECTORY)
-        for folderName in try Posix.listDirectory(rootHandle).sorted(by: { $0.lexicographicallyPrecedes($1) }) {
+        let rootHandle = try owner.explaining { try FileHandle.open(root, O_RDONLY | O_DIRECTORY) }
+        for folderName in try owner.explaining({ try Posix.listDirectory(rootHandle) }).sorted(by: {
+            $0.lexicographicallyPrecedes($1)
+        }) {
             let folderText = String(decoding: folderName, as: UTF8.self)
             guard folderName.count == 2, folderName.allSatisfy(isLowercaseHex),
-                let status = try Posix.status(folderText, in: rootHandle), status.kind == .directory
+                let status = try owner.explaining({ try Posix.status(folderText, in: rootHandle) }),
+                status.kind == .directory
             else {
                 other(folderText)
                 continue
             }
-            let folder = try FileHandle.open(folderText, O_RDONLY | O_DIRECTORY, at: rootHandle)
-            for name in try Posix.listDirectory(folder) {
+            let names = try owner.explaining {
+                try Posix.listDirectory(try FileHandle.open(folderText, O_RDONLY | O_DIRECTORY, at: rootHandle))
+            }
+            for name in names {
                 let text = String(decoding: name, as: UTF8.self)
                 if name.count == 64, name.allSatisfy(isLowercaseHex), name.starts(with: folderName),
                     let id = ObjectID(hex: text)
@@ -183,12 +202,16 @@ public final class LocalObjectStore: ObjectStore {
     }
 
     public func delete(_ id: ObjectID) throws {
-        try Posix.unlink(path(for: id), in: nil)
+        try owner.explaining { try Posix.unlink(path(for: id), in: nil) }
         dirtyFolders.withLock { _ = $0.insert(folder(for: id)) }
         FaultInjection.step()
     }
 
     public func flush() throws {
+        try owner.explaining { try flushUnexplained() }
+    }
+
+    private func flushUnexplained() throws {
         try flushing.withLock { _ in
             let batch = pending.withLock { list in
                 defer { list.removeAll() }
@@ -250,7 +273,7 @@ public final class LocalObjectStore: ObjectStore {
         }
         unlink(temporary)
         guard failure == 0 || failure == EEXIST else {
-            throw SnapError(.io, "cannot store object \(final)", cause: Errno(failure))
+            throw owner.explain(SnapError(.io, "cannot store object \(final)", cause: Errno(failure)))
         }
     }
 }

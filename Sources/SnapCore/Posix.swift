@@ -119,6 +119,8 @@ struct FileStatus {
     var ctimeNanoseconds: Int64
     var inode: UInt64
     var device: UInt64
+    var owner: uid_t
+    var group: gid_t
 
     init(_ st: stat) {
         switch st.st_mode & S_IFMT {
@@ -133,6 +135,8 @@ struct FileStatus {
         ctimeNanoseconds = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
         inode = UInt64(st.st_ino)
         device = UInt64(st.st_dev)
+        owner = st.st_uid
+        group = st.st_gid
     }
 }
 
@@ -277,6 +281,16 @@ enum Posix {
             if name == [0x2E] || name == [0x2E, 0x2E] { continue }
             names.append(name)
         }
+    }
+
+    /// The login name of `uid`, or `uid N` when the user database has none.
+    static func userName(_ uid: uid_t) -> String {
+        var entry = passwd()
+        var found: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &found) == 0, found != nil, let name = entry.pw_name
+        else { return "uid \(uid)" }
+        return String(cString: name)
     }
 
     static func hostName() -> String {
