@@ -102,6 +102,11 @@ final class FileHandle: @unchecked Sendable {
         guard fsync(fd) == 0 else { throw SnapError(.io, "cannot fsync \(path)", cause: Errno(errno)) }
     }
 
+    /// `fdatasync`: the file's bytes and what is needed to read them back (its size), not its times.
+    func syncData() throws {
+        guard fdatasync(fd) == 0 else { throw SnapError(.io, "cannot fsync \(path)", cause: Errno(errno)) }
+    }
+
     func status() throws -> FileStatus {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SnapError(.io, "cannot stat \(path)", cause: Errno(errno)) }

@@ -202,20 +202,6 @@ import Testing
         #expect(leftovers.isEmpty)
     }
 
-    /// Where `syncfs` is not trusted, each object file and folder is fsynced instead, with the
-    /// same outcome.
-    @Test func filesystemsWithoutATrustedSyncfsFsyncEachFile() throws {
-        let folder = try TemporaryDirectory()
-        let store = LocalObjectStore(root: folder.path, flushEvery: 1000, syncfsFileSystems: [])
-        let ids = (0..<10).map { ObjectID(hashing: [UInt8($0), 1]) }
-        for id in ids { #expect(try store.put(id, encoded: [3])) }
-        try store.flush()
-        #expect(try ids.allSatisfy { try store.get($0) == [3] })
-        let leftovers = try FileManager.default.subpathsOfDirectory(atPath: folder.path)
-            .filter { $0.contains(LocalObjectStore.temporaryPrefix) }
-        #expect(leftovers.isEmpty)
-    }
-
     @Test func putFlushesByItselfPastTheLimit() throws {
         let folder = try TemporaryDirectory()
         let store = LocalObjectStore(root: folder.path, flushEvery: 4)
