@@ -27,13 +27,11 @@ public struct Checker: Sendable {
         let (snapshots, recordProblems) = try repository.snapshots()
         report.problems += recordProblems
         report.snapshots = snapshots.count
-        let (stored, foreign) = try repository.objectNamesAndForeignFiles()
-        report.warnings = foreign.map {
-            "\($0) does not belong in a snap repository; snap ignores it (move it elsewhere)"
-        }
-
         // Every object a snapshot needs (the manifests' own chunks too), in one set: which
         // snapshot needs which is worked out later, and only for the objects with a problem.
+        // This set is what a check's memory grows with: one name per object the snapshots
+        // need, since any of them may be missing. The store's listing is walked against it,
+        // not held beside it (only the objects to read are kept, for --read-data).
         let reader = ManifestReader(repository: repository)
         var referenced = Set<ObjectID>()
         var unreadable: [String: String] = [:]
@@ -46,14 +44,27 @@ public struct Checker: Sendable {
             }
         }
         report.referencedObjects = referenced.count
+        var storedAndReferenced = 0
+        var stored: [ObjectID] = []
+        let foreign = try repository.scanObjects { id in
+            if referenced.contains(id) { storedAndReferenced += 1 }
+            if readDataPercent != nil { stored.append(id) }
+        }
+        report.warnings = foreign.map {
+            "\($0) does not belong in a snap repository; snap ignores it (move it elsewhere)"
+        }
 
         for (id, reason) in unreadable.sorted(by: { $0.key < $1.key }) {
             report.problems.append("snapshot \(id.prefix(8)): its manifest cannot be read: \(reason)")
         }
-        let missing = referenced.subtracting(stored).sorted()
+        // Objects are never deleted under the shared lock, so every needed one the listing
+        // did not show is missing; they are looked up one by one only when there are some.
+        let missing =
+            storedAndReferenced == referenced.count
+            ? [] : try referenced.filter { try !repository.store.contains($0) }.sorted()
         var failed: [(ObjectID, Failure)] = []
         if let percent = readDataPercent {
-            var candidates = Array(stored)
+            var candidates = stored
             if percent < 100 {
                 candidates.shuffle()
                 candidates = Array(candidates.prefix(Int((Double(candidates.count) * percent / 100).rounded(.up))))

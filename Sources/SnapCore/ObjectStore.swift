@@ -19,6 +19,9 @@ public protocol ObjectStore: Sendable {
     /// The encoded bytes stored under `id`.
     func get(_ id: ObjectID) throws -> [UInt8]
     func contains(_ id: ObjectID) throws -> Bool
+    /// Whether `id` is stored, or was put through this store and waits for `flush`: what a writer
+    /// asks before storing a chunk, instead of holding every name the repository has.
+    func containsOrPending(_ id: ObjectID) throws -> Bool
     /// Calls `body` with every stored object name, in no particular order.
     func list(_ body: (ObjectID) throws -> Void) throws
     /// The stored (encoded) size of an object, nil when it does not exist.
@@ -58,7 +61,10 @@ public final class LocalObjectStore: ObjectStore {
     private struct Pending {
         /// Their temporary files, still open: `fdatasync` through the descriptor that wrote a file
         /// reports a failed writeback of it, however long ago it happened.
-        var files: [(handle: FileHandle, temporary: String, final: String, folder: String)] = []
+        var files: [(id: ObjectID, handle: FileHandle, temporary: String, final: String, folder: String)] = []
+        /// Their names, until they are published: `containsOrPending` must see an object at every
+        /// moment from its `put` on, or a writer would store it twice.
+        var names: Set<ObjectID> = []
     }
 
     /// Objects written between two flushes: 4,096, or fewer when the descriptor limit is low
@@ -120,7 +126,8 @@ public final class LocalObjectStore: ObjectStore {
         }
         FaultInjection.step()
         let count = pending.withLock {
-            $0.files.append((handle, temporary, final, folder))
+            $0.files.append((id, handle, temporary, final, folder))
+            $0.names.insert(id)
             return $0.files.count
         }
         if count >= flushEvery { try flush() }
@@ -143,6 +150,13 @@ public final class LocalObjectStore: ObjectStore {
 
     public func contains(_ id: ObjectID) throws -> Bool {
         try size(of: id) != nil
+    }
+
+    public func containsOrPending(_ id: ObjectID) throws -> Bool {
+        // Pending first: `flush` publishes a name before it forgets it, so there is no moment
+        // when an object is in neither place.
+        if pending.withLock({ $0.names.contains(id) }) { return true }
+        return try contains(id)
     }
 
     public func size(of id: ObjectID) throws -> UInt64? {
@@ -209,6 +223,7 @@ public final class LocalObjectStore: ObjectStore {
                     dirtyFolders.withLock { _ = $0.insert(object.folder) }
                     FaultInjection.step()
                 }
+                pending.withLock { $0.names.subtract(batch.map(\.id)) }
             }
             let folders = Array(
                 dirtyFolders.withLock { folders in

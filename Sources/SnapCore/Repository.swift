@@ -17,11 +17,12 @@ public final class Repository: Sendable {
     var snapshotsPath: String { join(path, "snapshots") }
     var objectsPath: String { join(path, "objects") }
 
-    private init(path: String, config: RepositoryConfig, owner: RepositoryOwner) {
+    /// `store` stands in for the folder's object store (tests watch what a writer asks of it).
+    init(path: String, config: RepositoryConfig, owner: RepositoryOwner, store: (any ObjectStore)? = nil) {
         self.path = path
         self.config = config
         self.owner = owner
-        self.store = LocalObjectStore(root: join(path, "objects"), owner: owner)
+        self.store = store ?? LocalObjectStore(root: join(path, "objects"), owner: owner)
     }
 
     /// Creates an empty repository; refuses a folder that holds one already or anything else.
@@ -124,14 +125,6 @@ public final class Repository: Sendable {
     /// No chunk of any stream kind is larger than this.
     var maxObjectSize: Int {
         max(config.chunker.files.maxSize, config.chunker.database.maxSize, config.chunker.tree.maxSize)
-    }
-
-    /// Every object name in the store, loaded once per run so that deduplication costs no
-    /// filesystem call per chunk.
-    public func objectNames() throws -> Set<ObjectID> {
-        var names = Set<ObjectID>()
-        try store.list { names.insert($0) }
-        return names
     }
 
     // MARK: Snapshots
@@ -241,9 +234,10 @@ public final class Repository: Sendable {
         }
     }
 
-    /// Every object name, and the paths (relative to the repository) of files that are not part
-    /// of the format, from one walk of the store; temporary files of interrupted runs are neither.
-    func objectNamesAndForeignFiles() throws -> (names: Set<ObjectID>, foreign: [String]) {
+    /// Calls `object` with every object name, and returns the paths (relative to the repository)
+    /// of files that are not part of the format, from one walk of the store; temporary files of
+    /// interrupted runs are neither.
+    func scanObjects(_ object: (ObjectID) throws -> Void) throws -> [String] {
         try owner.explaining {
             var foreign: [String] = []
             let known: Set<String> = ["config", "lock", "objects", "snapshots"]
@@ -251,13 +245,12 @@ public final class Repository: Sendable {
                 let name = String(decoding: raw, as: UTF8.self)
                 if !known.contains(name) && !name.hasPrefix(LocalObjectStore.temporaryPrefix) { foreign.append(name) }
             }
-            var names = Set<ObjectID>()
             if let local = store as? LocalObjectStore {
-                try local.scan(object: { names.insert($0) }, other: { foreign.append("objects/" + $0) })
+                try local.scan(object: object, other: { foreign.append("objects/" + $0) })
             } else {
-                names = try objectNames()
+                try store.list(object)
             }
-            return (names, foreign.sorted())
+            return foreign.sorted()
         }
     }
 
