@@ -33,11 +33,10 @@ public protocol ObjectStore: Sendable {
 
 /// `<repo>/objects/XX/<sha256-hex>`: one file per object, XX the first two hex digits.
 ///
-/// `put` writes each object to a temporary file in its final folder and starts its writeback at
-/// once (`sync_file_range`), so the disk works while the snapshot goes on. `flush` then makes the
-/// batch durable with an `fdatasync` of each file, issued from many threads at once
-/// (`ParallelSync`), renames each temporary file to its final name without replacing
-/// (`renameat2` with `RENAME_NOREPLACE`; `link` then `unlink` where the filesystem lacks it, so an
+/// `put` writes each object to a temporary file in its final folder and keeps it open. `flush`
+/// then starts the writeback of the whole batch (`sync_file_range`), makes it durable with an
+/// `fdatasync` of each file, issued from many threads at once (`ParallelSync`), renames each
+/// temporary file to its final name without replacing (`renameat2` with `RENAME_NOREPLACE`; `link` then `unlink` where the filesystem lacks it, so an
 /// existing object is never rewritten) and fsyncs the changed folders the same way. An object
 /// therefore never appears under its name before its bytes are on disk, and only what snap wrote
 /// is forced to disk: the `syncfs` used before flushed every dirty page of the filesystem, a
@@ -118,8 +117,6 @@ public final class LocalObjectStore: ObjectStore {
         do {
             try owner.adopt(handle)
             try handle.writeAll(encoded)
-            // Only a hint (a filesystem may not support it): `flush`'s fdatasync is what counts.
-            _ = sync_file_range(handle.fd, 0, 0, UInt32(SNAP_SYNC_FILE_RANGE_WRITE))
         } catch {
             unlink(temporary)
             throw owner.explain(error)
@@ -212,6 +209,14 @@ public final class LocalObjectStore: ObjectStore {
                 return pending.files
             }
             if !batch.isEmpty {
+                // Every file's writeback is under way before the first fdatasync commits the
+                // journal, so that one commit takes in as many files as it can. In file order, on
+                // one thread: the writes then reach the disk in long runs (measured faster than
+                // starting each at `put`, on the compressing threads, or from many threads).
+                // Only a hint: a filesystem may not support it; the fdatasync is what counts.
+                for object in batch {
+                    _ = sync_file_range(object.handle.fd, 0, 0, UInt32(SNAP_SYNC_FILE_RANGE_WRITE))
+                }
                 try owner.explaining {
                     try ParallelSync.forEach(batch.count) { index in
                         try batch[index].handle.syncData()
