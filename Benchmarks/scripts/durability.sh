@@ -32,10 +32,7 @@ source "$root/scripts/lib/throwaway-postgres.sh"
 source "$root/Benchmarks/scripts/lib/bench.sh"
 
 "$root/scripts/bootstrap.sh" time
-if [[ -z "${SNAP_BINS:-}" ]]; then
-    build_snap .build-release
-    SNAP_BINS="snap=$snap"
-fi
+default_snap_bins
 make_work_folder snap-durability 32G
 pg_start "$work/pg"
 export SNAP_CACHE_DIR="$work/cache"
@@ -50,11 +47,6 @@ echo "data set: storage $(du -sh "$work/storage" | cut -f1), database $(psql -XA
 
 dirty_kb() { awk '/^Dirty:/ { print $2 }' /proc/meminfo; }
 
-# Runs "$@" under GNU time; prints the wall seconds.
-seconds() {
-    /usr/bin/time -f %e -o "$work/time" "$@" >/dev/null
-    cat "$work/time"
-}
 
 declare -A first_runs one_runs busy_runs
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -62,24 +54,22 @@ for ((round = 1; round <= ROUNDS; round++)); do
         name=${entry%%=*} bin=${entry#*=}
         repo="$work/repo-$name"
 
-        rm -rf "$repo" "$SNAP_CACHE_DIR"
-        "$bin" --repo "$repo" init >/dev/null
-        sync
-        first=$(seconds "$bin" --repo "$repo" snapshot --db dbname=bench --storage "$work/storage" --quiet)
+        fresh_repository "$bin" "$repo"
+        first=$(time_run "$bin" --repo "$repo" snapshot --db dbname=bench --storage "$work/storage" --quiet | cut -d" " -f1)
         objects=$(find "$repo/objects" -type f | wc -l)
         first_runs[$name]+="$first "
 
         # The one-file folder changes before each snapshot, so each stores one new object.
         head -c 100000 /dev/urandom >"$work/one/file.bin"
         sync
-        one=$(seconds "$bin" --repo "$repo" snapshot --no-db --storage "$work/one" --quiet)
+        one=$(time_run "$bin" --repo "$repo" snapshot --no-db --storage "$work/one" --quiet | cut -d" " -f1)
         one_runs[$name]+="$one "
 
         head -c 100000 /dev/urandom >"$work/one/file.bin"
         sync
         dd if=/dev/zero of="$work/other" bs=1M count="$DIRTY_MB" status=none
         before=$(dirty_kb)
-        busy=$(seconds "$bin" --repo "$repo" snapshot --no-db --storage "$work/one" --quiet)
+        busy=$(time_run "$bin" --repo "$repo" snapshot --no-db --storage "$work/one" --quiet | cut -d" " -f1)
         after=$(dirty_kb)
         busy_runs[$name]+="$busy "
         rm -f "$work/other"

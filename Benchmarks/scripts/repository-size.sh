@@ -20,20 +20,12 @@ ROUNDS="${ROUNDS:-3}"
 source "$root/Benchmarks/scripts/lib/bench.sh"
 
 "$root/scripts/bootstrap.sh" time
-if [[ -z "${SNAP_BINS:-}" ]]; then
-    build_snap .build-release
-    SNAP_BINS="snap=$snap"
-fi
+default_snap_bins
 make_work_folder snap-repository-size 24G
 export SNAP_CACHE_DIR="$work/cache"
 first_bin=${SNAP_BINS%% *}
 first_bin=${first_bin#*=}
 
-# Runs "$@" under GNU time; prints "wall_seconds peak_MiB".
-measure() {
-    /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
-    awk '{ printf "%s %.0f\n", $1, $2 / 1024 }' "$work/time"
-}
 
 new_folder() {
     rm -rf "$work/storage"
@@ -63,10 +55,10 @@ for size in $SIZES; do
             new_folder
             rm -rf "$SNAP_CACHE_DIR"
             sync
-            read -r first_s first_m < <(measure "$bin" --repo "$repo" snapshot --no-db --storage "$work/storage" --quiet)
-            read -r second_s second_m < <(measure "$bin" --repo "$repo" snapshot --no-db --storage "$work/storage" --quiet)
-            read -r check_s check_m < <(measure "$bin" --repo "$repo" check)
-            read -r prune_s prune_m < <(measure "$bin" --repo "$repo" prune --dry-run)
+            read -r first_s first_m < <(time_run "$bin" --repo "$repo" snapshot --no-db --storage "$work/storage" --quiet)
+            read -r second_s second_m < <(time_run "$bin" --repo "$repo" snapshot --no-db --storage "$work/storage" --quiet)
+            read -r check_s check_m < <(time_run "$bin" --repo "$repo" check)
+            read -r prune_s prune_m < <(time_run "$bin" --repo "$repo" prune --dry-run)
             printf '%8d objects  %-8s round %d: snapshot %5.2f s %4d MiB; again %5.2f s %4d MiB; check %5.2f s %4d MiB; prune --dry-run %5.2f s %4d MiB\n' \
                 "$size" "$name" "$round" "$first_s" "$first_m" "$second_s" "$second_m" "$check_s" "$check_m" "$prune_s" "$prune_m"
         done

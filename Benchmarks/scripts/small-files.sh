@@ -18,10 +18,7 @@ ROUNDS="${ROUNDS:-3}"
 source "$root/Benchmarks/scripts/lib/bench.sh"
 
 "$root/scripts/bootstrap.sh" time
-if [[ -z "${SNAP_BINS:-}" ]]; then
-    build_snap .build-release
-    SNAP_BINS="snap=$snap"
-fi
+default_snap_bins
 make_work_folder snap-small-files 16G
 export SNAP_CACHE_DIR="$work/cache"
 
@@ -37,21 +34,14 @@ PY
 # The files cache does not trust files changed in the last two seconds.
 find "$work/storage" -type f -exec touch -d '-1 minute' {} +
 
-measure() {
-    /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
-    awk '{ printf "%s %.0f\n", $1, $2 / 1024 }' "$work/time"
-}
-
 for ((round = 1; round <= ROUNDS; round++)); do
     for entry in $SNAP_BINS; do
         name=${entry%%=*} bin=${entry#*=}
         repo="$work/repo-$name"
-        rm -rf "$repo" "$SNAP_CACHE_DIR"
-        "$bin" --repo "$repo" init >/dev/null
+        fresh_repository "$bin" "$repo"
+        read -r first_s first_m < <(time_run "$bin" --repo "$repo" snapshot --no-db --storage "$work/storage" --quiet)
         sync
-        read -r first_s first_m < <(measure "$bin" --repo "$repo" snapshot --no-db --storage "$work/storage" --quiet)
-        sync
-        read -r second_s second_m < <(measure "$bin" --repo "$repo" snapshot --no-db --storage "$work/storage" --quiet)
+        read -r second_s second_m < <(time_run "$bin" --repo "$repo" snapshot --no-db --storage "$work/storage" --quiet)
         printf '%-8s round %d: first snapshot %6.2f s %4d MiB; second (unchanged) %5.2f s %4d MiB\n' \
             "$name" "$round" "$first_s" "$first_m" "$second_s" "$second_m"
     done

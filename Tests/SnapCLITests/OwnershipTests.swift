@@ -13,18 +13,12 @@ import Testing
 /// beside root, so they need root.
 @Suite(.enabled(if: geteuid() == 0 || TestCluster.isCI, "running snap as another user needs root"))
 struct OwnershipTests {
-    /// A folder `nobody` can reach, with a storage folder of `count` small distinct files and a
+    /// A folder `nobody` can reach, with a storage folder of 20 small distinct files and a
     /// repository `nobody` made and took one snapshot into.
-    private func nobodysRepository(_ folder: TemporaryDirectory, files count: Int = 20) throws -> (
+    private func nobodysRepository(_ folder: TemporaryDirectory) throws -> (
         repo: String, storage: String, snapshot: String
     ) {
-        chmod(folder.path, 0o755)
-        let repo = folder.file("repo")
-        let storage = folder.file("storage")
-        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
-        for index in 0..<count {
-            try writeFile(storage + "/first-\(index).bin", pseudoRandomBytes(3000, seed: UInt64(index)))
-        }
+        let (repo, storage) = try reachableFolder(folder, files: 20)
         try run("/bin/chown", ["-R", "nobody", folder.path])
         try #require(try run(snapBinary, ["--repo", repo, "init"], asUser: "nobody").status == 0)
         let first = try run(
@@ -86,8 +80,7 @@ struct OwnershipTests {
     /// `init` by root in an empty folder that belongs to another user makes that user's repository.
     @Test func initByRootInAnotherUsersFolderMakesTheirRepository() throws {
         let folder = try TemporaryDirectory()
-        chmod(folder.path, 0o755)
-        let repo = folder.file("repo")
+        let (repo, _) = try reachableFolder(folder, files: 0)
         try FileManager.default.createDirectory(atPath: repo, withIntermediateDirectories: false)
         try run("/bin/chown", ["nobody", repo])
         #expect(try snap("--repo", repo, "init").status == 0)
@@ -136,11 +129,7 @@ struct OwnershipTests {
     /// be its own, unreadable to the owner. (Here the repository's modes let it in.)
     @Test func anotherUserMayNotWriteIntoTheRepository() throws {
         let folder = try TemporaryDirectory()
-        chmod(folder.path, 0o755)
-        let repo = folder.file("repo")
-        let storage = folder.file("storage")
-        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
-        try writeFile(storage + "/a.txt", Array("a".utf8))
+        let (repo, storage) = try reachableFolder(folder, files: 1)
         #expect(try snap("--repo", repo, "init").status == 0)
         #expect(try run("/bin/chmod", ["-R", "a+rwX", folder.path]).status == 0)
         let refused = try run(
@@ -164,11 +153,7 @@ struct RepositoryLockTests {
     /// readers too, since the filesystem is writable (a prune could run).
     @Test func aWriterThatCannotTakeTheRealLockRefuses() throws {
         let folder = try TemporaryDirectory()
-        chmod(folder.path, 0o755)
-        let repo = folder.file("repo")
-        let storage = folder.file("storage")
-        try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
-        try writeFile(storage + "/a.bin", pseudoRandomBytes(5000, seed: 1))
+        let (repo, storage) = try reachableFolder(folder, files: 1)
         #expect(try shell("tar -czf backup_20260101_120000.tar.gz storage", in: folder.path).status == 0)
         try run("/bin/chown", ["-R", "nobody", folder.path])
         #expect(try run(snapBinary, ["--repo", repo, "init"], asUser: "nobody").status == 0)
@@ -195,4 +180,16 @@ struct RepositoryLockTests {
         #expect(try objectCount(repo) == 0)
         #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/snapshots").isEmpty)
     }
+}
+
+/// Makes `folder` reachable by every user and puts in it a storage folder of `files` small
+/// distinct files; returns the path for a repository (not created) and the storage folder's.
+private func reachableFolder(_ folder: TemporaryDirectory, files: Int) throws -> (repo: String, storage: String) {
+    chmod(folder.path, 0o755)
+    let storage = folder.file("storage")
+    try FileManager.default.createDirectory(atPath: storage, withIntermediateDirectories: true)
+    for index in 0..<files {
+        try writeFile(storage + "/first-\(index).bin", pseudoRandomBytes(3000, seed: UInt64(index)))
+    }
+    return (folder.file("repo"), storage)
 }
