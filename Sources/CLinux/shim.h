@@ -4,9 +4,6 @@
 // glibc calls and constants that Swift's Glibc module hides behind _GNU_SOURCE or leaves out.
 // Declared here directly: the symbols are in every glibc since 2.14 (gettid since 2.30).
 
-// Flushes the whole filesystem holding fd: one call makes a batch of new objects durable.
-extern int syncfs(int fd);
-
 // Renames without ever replacing (glibc 2.28): with SNAP_RENAME_NOREPLACE it fails with EEXIST
 // when the new name exists, and with EINVAL where the filesystem cannot promise that.
 extern int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
@@ -14,6 +11,11 @@ extern int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char
 // With SNAP_RENAME_EXCHANGE both names must exist, and they swap atomically (EINVAL where the
 // filesystem cannot).
 #define SNAP_RENAME_EXCHANGE 2
+
+// Starts writing a file's dirty pages to disk without waiting (fcntl.h under _GNU_SOURCE); with
+// SNAP_SYNC_FILE_RANGE_WRITE, offset 0 and nbytes 0 it covers the whole file.
+extern int sync_file_range(int fd, long long offset, long long nbytes, unsigned int flags);
+#define SNAP_SYNC_FILE_RANGE_WRITE 2
 
 // A pipe whose ends are close-on-exec from the start.
 extern int pipe2(int pipefd[2], int flags);

@@ -27,13 +27,11 @@ public struct Checker: Sendable {
         let (snapshots, recordProblems) = try repository.snapshots()
         report.problems += recordProblems
         report.snapshots = snapshots.count
-        let (stored, foreign) = try repository.objectNamesAndForeignFiles()
-        report.warnings = foreign.map {
-            "\($0) does not belong in a snap repository; snap ignores it (move it elsewhere)"
-        }
-
         // Every object a snapshot needs (the manifests' own chunks too), in one set: which
         // snapshot needs which is worked out later, and only for the objects with a problem.
+        // This set is what a check's memory grows with: one name per object the snapshots
+        // need, since any of them may be missing. The store's listing is walked against it,
+        // not held beside it (only the objects to read are kept, for --read-data).
         let reader = ManifestReader(repository: repository)
         var referenced = Set<ObjectID>()
         var unreadable: [String: String] = [:]
@@ -46,31 +44,58 @@ public struct Checker: Sendable {
             }
         }
         report.referencedObjects = referenced.count
+        var storedAndReferenced = 0
+        var stored: [ObjectID] = []
+        let foreign = try repository.scanObjects { id in
+            if referenced.contains(id) { storedAndReferenced += 1 }
+            if readDataPercent != nil { stored.append(id) }
+        }
+        report.warnings = foreign.map {
+            "\($0) does not belong in a snap repository; snap ignores it (move it elsewhere)"
+        }
 
         for (id, reason) in unreadable.sorted(by: { $0.key < $1.key }) {
             report.problems.append("snapshot \(id.prefix(8)): its manifest cannot be read: \(reason)")
         }
-        let missing = referenced.subtracting(stored).sorted()
-        var damaged: [(ObjectID, String)] = []
+        // Objects are never deleted under the shared lock, so every needed one the listing
+        // did not show is missing; they are looked up one by one only when there are some.
+        let missing =
+            storedAndReferenced == referenced.count
+            ? [] : try referenced.filter { try !repository.store.contains($0) }.sorted()
+        var failed: [(ObjectID, Failure)] = []
         if let percent = readDataPercent {
-            var candidates = Array(stored)
+            var candidates = stored
             if percent < 100 {
                 candidates.shuffle()
                 candidates = Array(candidates.prefix(Int((Double(candidates.count) * percent / 100).rounded(.up))))
             }
             candidates.sort()
-            damaged = verify(candidates).sorted { $0.key < $1.key }
+            failed = verify(candidates).sorted { $0.key < $1.key }
             report.objectsChecked = candidates.count
         }
-        let users = snapshotsNeeding(Set(missing + damaged.map(\.0)), snapshots, reader)
+        let users = snapshotsNeeding(Set(missing + failed.map(\.0)), snapshots, reader)
         for id in missing {
             report.problems.append("object \(id.hex) is missing; needed by \(describe(users[id]))")
         }
-        for (id, reason) in damaged {
+        for (id, failure) in failed {
             let needed = referenced.contains(id) ? "needed by \(describe(users[id]))" : "not needed by any snapshot"
-            report.problems.append("object \(id.hex) is damaged (\(reason)); \(needed)")
+            switch failure {
+            case .damaged(let reason):
+                report.problems.append("object \(id.hex) is damaged (\(reason)); \(needed)")
+            case .unreadable(let error):
+                // Not damage: moving such an object out, as OPERATIONS.md says for damaged ones,
+                // would throw good data away.
+                report.problems.append("object \(id.hex) cannot be read, so it was not checked (\(needed)): \(error)")
+            }
         }
         return report
+    }
+
+    /// Why an object failed its check: its bytes are wrong, or they could not be read at all (a
+    /// permission error, an I/O error), which says nothing about them.
+    fileprivate enum Failure: Sendable {
+        case damaged(String)
+        case unreadable(String)
     }
 
     /// For each object of `wanted`, the short ids of the snapshots that need it.
@@ -94,8 +119,8 @@ public struct Checker: Sendable {
         return "snapshot " + users.sorted().joined(separator: ", ")
     }
 
-    /// Reads and re-hashes objects on every core; returns the damaged ones with the reason.
-    private func verify(_ ids: [ObjectID]) -> [ObjectID: String] {
+    /// Reads and re-hashes objects on every core; returns those that failed, and why.
+    private func verify(_ ids: [ObjectID]) -> [ObjectID: Failure] {
         let damaged = DamageList()
         let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
         let perWorker = (ids.count + workers - 1) / max(workers, 1)
@@ -109,17 +134,17 @@ public struct Checker: Sendable {
             Thread { [repository] in
                 let decompressor = ZstdDecompressor()
                 for id in slice {
-                    let reason: String?
+                    let failure: Failure?
                     do {
                         if case .failure(let damage) = try repository.decodeObject(id, decompressor: decompressor) {
-                            reason = damage.reason
+                            failure = .damaged(damage.reason)
                         } else {
-                            reason = nil
+                            failure = nil
                         }
                     } catch {
-                        reason = "\(error)"
+                        failure = .unreadable("\(error)")
                     }
-                    if let reason { damaged.list.withLock { $0[id] = reason } }
+                    if let failure { damaged.list.withLock { $0[id] = failure } }
                 }
                 done.leave()
             }.start()
@@ -129,7 +154,7 @@ public struct Checker: Sendable {
     }
 }
 
-/// Damaged objects found by the verifying threads.
+/// Objects that failed, found by the verifying threads.
 private final class DamageList: Sendable {
-    let list = Mutex<[ObjectID: String]>([:])
+    let list = Mutex<[ObjectID: Checker.Failure]>([:])
 }

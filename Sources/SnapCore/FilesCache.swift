@@ -47,7 +47,10 @@ final class FilesCache {
         let name = "files-" + String(ObjectID(hashing: Array(storage.utf8)).hex.prefix(16))
         let path = join(join(base, repository.config.id), name)
         self.path = path
-        previous = (try? FileHandle.open(path, O_RDONLY)).map(PreviousCache.init)
+        let store = repository.store
+        previous = (try? FileHandle.open(path, O_RDONLY)).map {
+            PreviousCache($0, present: { (try? store.contains($0)) == true })
+        }
         let folder = String(path[..<path.lastIndex(of: "/")!])
         try? Repository.makeDirectories(folder)
         // Left by killed runs; at worst one belongs to a run now going, which then keeps its old cache.
@@ -69,12 +72,15 @@ final class FilesCache {
         if let output { unlink(output.temporary) }
     }
 
-    /// The chunks of an unchanged file, when every one of them is in the repository. Files are
-    /// looked up in walk order (see `PreviousCache`).
+    /// The chunks of an unchanged file, when every one of them is in the repository (or, by
+    /// `known`, queued by this run): a file whose objects are missing is read again, which is
+    /// how a snapshot stores an object that was lost again. Files are looked up in walk order
+    /// (see `PreviousCache`).
     func lookup(_ path: String, _ status: FileStatus, known: (ObjectID) -> Bool) -> [ObjectID]? {
-        guard let entry = previous?.entry(for: Array(path.utf8)), entry.size == status.size,
+        guard let (entry, present) = previous?.entry(for: Array(path.utf8)), entry.size == status.size,
             entry.mtime == status.mtimeNanoseconds, entry.ctime == status.ctimeNanoseconds,
-            entry.inode == status.inode, entry.device == status.device, entry.chunks.allSatisfy(known)
+            entry.inode == status.inode, entry.device == status.device,
+            present || entry.chunks.allSatisfy(known)
         else { return nil }
         return entry.chunks
     }
@@ -187,24 +193,51 @@ final class FilesCache {
     /// The previous cache, read in step with the walk instead of held whole: both list files in
     /// walk order (each folder's names sorted by bytes, a folder's content right after its name),
     /// so a lookup only ever moves forward.
+    ///
+    /// A thread reads and parses it ahead of the walk and asks the repository whether each
+    /// entry's objects are there (a `stat` each: the snapshot holds no list of the repository's
+    /// names), so that on a tree of unchanged files those lookups run beside the walk instead of
+    /// in it. It stays at most a few batches ahead.
     final class PreviousCache {
-        private let handle: FileHandle
-        private var bytes: [UInt8] = []
-        private var index = 0
-        private var atEnd = false
-        private var next: (path: [UInt8], entry: Entry)?
+        /// One entry, and whether every object it names was in the repository when it was read.
+        typealias Checked = (path: [UInt8], entry: Entry, present: Bool)
 
-        init(_ handle: FileHandle) {
-            self.handle = handle
+        private let queue = BlockingQueue<[Checked]>(capacity: 4)
+        private let reading = DispatchGroup()
+        private var batch: [Checked] = []
+        private var index = 0
+        private var next: Checked?
+
+        init(_ handle: FileHandle, present: @escaping @Sendable (ObjectID) -> Bool) {
+            reading.enter()
+            Thread { [queue, reading] in
+                var parser = Parser(handle)
+                var checked: [Checked] = []
+                while let (path, entry) = parser.next() {
+                    checked.append((path, entry, entry.chunks.allSatisfy(present)))
+                    if checked.count == 256 {
+                        guard queue.push(checked) else { break }  // the walk is over
+                        checked = []
+                    }
+                }
+                if !checked.isEmpty { queue.push(checked) }
+                queue.close()
+                reading.leave()
+            }.start()
             advance()
         }
 
+        deinit {
+            queue.close()
+            reading.wait()
+        }
+
         /// The entry for `path`, passing over those of files that are gone.
-        func entry(for path: [UInt8]) -> Entry? {
+        func entry(for path: [UInt8]) -> (entry: Entry, present: Bool)? {
             while let next, Self.walkOrder(next.path, precedes: path) { advance() }
             guard let next, next.path == path else { return nil }
             advance()
-            return next.entry
+            return (next.entry, next.present)
         }
 
         /// Paths compared component by component, as the walk visits them: a `/` sorts before
@@ -219,23 +252,45 @@ final class FilesCache {
         }
 
         private func advance() {
-            next = nil
+            if index == batch.count {
+                batch = queue.pop() ?? []
+                index = 0
+            }
+            next = index < batch.count ? batch[index] : nil
+            index += 1
+        }
+    }
+
+    /// Reads cache entries from a file one after the other, 1 MiB at a time.
+    struct Parser {
+        private let handle: FileHandle
+        private var bytes: [UInt8] = []
+        private var index = 0
+        private var atEnd = false
+
+        init(_ handle: FileHandle) { self.handle = handle }
+
+        /// The next entry; nil at the end of the file, and for good once an entry is damaged
+        /// (the rest of the cache is not used).
+        mutating func next() -> (path: [UInt8], entry: Entry)? {
             while true {
                 switch FilesCache.parseEntry(bytes, at: index) {
                 case .entry(let path, let entry, let end):
                     index = end
-                    next = (path, entry)
-                    return
+                    return (path, entry)
                 case .damaged:
-                    return  // the rest of the cache is not used
+                    atEnd = true
+                    bytes = []
+                    index = 0
+                    return nil
                 case .incomplete:
-                    guard refill() else { return }
+                    guard refill() else { return nil }
                 }
             }
         }
 
         /// Drops what was parsed and reads up to 1 MiB more; false at the end of the file.
-        private func refill() -> Bool {
+        private mutating func refill() -> Bool {
             guard !atEnd else { return false }
             bytes.removeFirst(index)
             index = 0

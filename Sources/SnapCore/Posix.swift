@@ -142,6 +142,11 @@ final class FileHandle: @unchecked Sendable {
         guard fsync(fd) == 0 else { throw SnapError(.io, "cannot fsync \(path)", cause: Errno(errno)) }
     }
 
+    /// `fdatasync`: the file's bytes and what is needed to read them back (its size), not its times.
+    func syncData() throws {
+        guard fdatasync(fd) == 0 else { throw SnapError(.io, "cannot fsync \(path)", cause: Errno(errno)) }
+    }
+
     func status() throws -> FileStatus {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SnapError(.io, "cannot stat \(path)", cause: Errno(errno)) }
@@ -350,6 +355,16 @@ enum Posix {
             if name == [0x2E] || name == [0x2E, 0x2E] { continue }
             names.append(name)
         }
+    }
+
+    /// The login name of `uid`, or `uid N` when the user database has none.
+    static func userName(_ uid: uid_t) -> String {
+        var entry = passwd()
+        var found: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &found) == 0, found != nil, let name = entry.pw_name
+        else { return "uid \(uid)" }
+        return String(cString: name)
     }
 
     static func hostName() -> String {

@@ -42,7 +42,7 @@ public struct Pruner {
         if let problem = problems.first {
             throw SnapError(
                 .corrupt,
-                "refusing to prune: \(problem); a damaged record's objects cannot be told apart from garbage"
+                "refusing to prune: \(problem); prune must read every snapshot record, or it could not tell that snapshot's objects from garbage"
                     + (forgotten.isEmpty ? "" : " (nothing was forgotten)"))
         }
         let forgottenIDs = Set(forgotten)

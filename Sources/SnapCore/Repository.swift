@@ -11,14 +11,18 @@ public final class Repository: Sendable {
     public let path: String
     public let config: RepositoryConfig
     public let store: any ObjectStore
+    /// Who the repository belongs to: what root creates in it is given to that user.
+    public let owner: RepositoryOwner
 
     var snapshotsPath: String { join(path, "snapshots") }
     var objectsPath: String { join(path, "objects") }
 
-    private init(path: String, config: RepositoryConfig) {
+    /// `store` stands in for the folder's object store (tests watch what a writer asks of it).
+    init(path: String, config: RepositoryConfig, owner: RepositoryOwner, store: (any ObjectStore)? = nil) {
         self.path = path
         self.config = config
-        self.store = LocalObjectStore(root: join(path, "objects"))
+        self.owner = owner
+        self.store = store ?? LocalObjectStore(root: join(path, "objects"), owner: owner)
     }
 
     /// Creates an empty repository; refuses a folder that holds one already or anything else.
@@ -39,30 +43,43 @@ public final class Repository: Sendable {
         } else {
             try makeDirectories(path)
         }
+        // An existing empty folder may belong to someone else: the repository is theirs then.
+        let owner = try RepositoryOwner(of: path)
+        try owner.checkWriter()
         try FileHandle.open(path, O_RDONLY | O_DIRECTORY).setMode(0o700)
-        try Posix.ensureDirectory(join(path, "objects"), in: nil)
-        try Posix.ensureDirectory(join(path, "snapshots"), in: nil)
+        try owner.makeFolder(join(path, "objects"))
+        try owner.makeFolder(join(path, "snapshots"))
         // The lock file exists from the start, so that the layout never changes under readers.
-        _ = try FileHandle.open(join(path, "lock"), O_WRONLY | O_CREAT, mode: 0o600)
+        try owner.adopt(try FileHandle.open(join(path, "lock"), O_WRONLY | O_CREAT | O_NOFOLLOW, mode: 0o600))
         // The config goes last: a folder without it is not a repository, so a failed init leaves
         // nothing that later commands would mistake for one.
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-        try writeFileAtomically(join(path, "config"), Array(try encoder.encode(config)) + [0x0A], replace: false)
-        return Repository(path: path, config: config)
+        try writeFileAtomically(
+            join(path, "config"), Array(try encoder.encode(config)) + [0x0A], replace: false, owner: owner)
+        return Repository(path: path, config: config, owner: owner)
     }
 
     /// Opens an existing repository, checking that this build can read its format.
     public static func open(at path: String) throws -> Repository {
         let configPath = join(path, "config")
-        guard let status = try? Posix.status(configPath, in: nil), status.kind == .regular else {
-            let reason = (try? Posix.status(path, in: nil)) == nil ? "does not exist" : "has no config file"
+        // The folder's owner first: a config the system will not let this user read is a
+        // permission error to explain, not a missing repository.
+        let owner = try? RepositoryOwner(of: path)
+        let status: FileStatus?
+        do {
+            status = try Posix.status(configPath, in: nil)
+        } catch {
+            throw owner?.explain(error) ?? error
+        }
+        guard let owner, let status, status.kind == .regular else {
+            let reason = owner == nil ? "does not exist" : "has no config file"
             throw SnapError(
                 .notARepository,
                 "\(path) is not a snap repository (it \(reason)); create one with `snap init` or pass --repo"
             )
         }
-        let bytes = try FileHandle.open(configPath, O_RDONLY).readAll()
+        let bytes = try owner.explaining { try FileHandle.open(configPath, O_RDONLY).readAll() }
         let config: RepositoryConfig
         do {
             config = try JSONDecoder().decode(RepositoryConfig.self, from: Data(bytes))
@@ -71,7 +88,7 @@ public final class Repository: Sendable {
                 .notARepository, "\(configPath) is not a valid snap config; restore it from a copy of the repository")
         }
         try config.validate(path: path)
-        return Repository(path: path, config: config)
+        return Repository(path: path, config: config, owner: owner)
     }
 
     // MARK: Objects
@@ -110,19 +127,11 @@ public final class Repository: Sendable {
         max(config.chunker.files.maxSize, config.chunker.database.maxSize, config.chunker.tree.maxSize)
     }
 
-    /// Every object name in the store, loaded once per run so that deduplication costs no
-    /// filesystem call per chunk.
-    public func objectNames() throws -> Set<ObjectID> {
-        var names = Set<ObjectID>()
-        try store.list { names.insert($0) }
-        return names
-    }
-
     // MARK: Snapshots
 
     /// Every snapshot record that parses, oldest first, and a message for each that does not.
     public func snapshots() throws -> (snapshots: [Snapshot], problems: [String]) {
-        let folder = try FileHandle.open(snapshotsPath, O_RDONLY | O_DIRECTORY)
+        let folder = try owner.explaining { try FileHandle.open(snapshotsPath, O_RDONLY | O_DIRECTORY) }
         var snapshots: [Snapshot] = []
         var problems: [String] = []
         for rawName in try Posix.listDirectory(folder) {
@@ -154,7 +163,7 @@ public final class Repository: Sendable {
                 }
                 snapshots.append(Snapshot(id: id, record: record))
             } catch {
-                problems.append("\(error)")
+                problems.append("\(owner.explain(error))")
             }
         }
         snapshots.sort { ($0.record.time, $0.id) < ($1.record.time, $1.id) }
@@ -193,75 +202,87 @@ public final class Repository: Sendable {
         let bytes = try record.encoded()
         let id = ObjectID(hashing: bytes).hex
         FaultInjection.step()
-        try Repository.writeFileAtomically(join(snapshotsPath, id + ".json"), bytes)
+        try owner.explaining {
+            try Repository.writeFileAtomically(join(snapshotsPath, id + ".json"), bytes, owner: owner)
+        }
         return Snapshot(id: id, record: record)
     }
 
     /// Removes temporary files that interrupted runs left (names starting with `.tmp-`) in the
     /// repository folder, `snapshots/` and `objects/XX/`. Only safe under the exclusive lock.
     func removeLeftovers(dryRun: Bool) throws -> Int {
-        var removed = 0
-        var folders = [path, snapshotsPath]
-        let objects = try FileHandle.open(objectsPath, O_RDONLY | O_DIRECTORY)
-        // Object folders only: a stray two-letter file there is reported by `check`, not an error here.
-        for name in try Posix.listDirectory(objects) where name.count == 2 {
-            if try Posix.status(name, in: objects)?.kind == .directory {
-                folders.append(join(objectsPath, String(decoding: name, as: UTF8.self)))
+        try owner.explaining {
+            var removed = 0
+            var folders = [path, snapshotsPath]
+            let objects = try FileHandle.open(objectsPath, O_RDONLY | O_DIRECTORY)
+            // Object folders only: a stray two-letter file there is reported by `check`, not an error here.
+            for name in try Posix.listDirectory(objects) where name.count == 2 {
+                if try Posix.status(name, in: objects)?.kind == .directory {
+                    folders.append(join(objectsPath, String(decoding: name, as: UTF8.self)))
+                }
             }
-        }
-        for folder in folders {
-            let handle = try FileHandle.open(folder, O_RDONLY | O_DIRECTORY)
-            for raw in try Posix.listDirectory(handle) {
-                let name = String(decoding: raw, as: UTF8.self)
-                guard name.hasPrefix(LocalObjectStore.temporaryPrefix) else { continue }
-                if !dryRun { try Posix.unlink(name, in: handle) }
-                removed += 1
+            for folder in folders {
+                let handle = try FileHandle.open(folder, O_RDONLY | O_DIRECTORY)
+                for raw in try Posix.listDirectory(handle) {
+                    let name = String(decoding: raw, as: UTF8.self)
+                    guard name.hasPrefix(LocalObjectStore.temporaryPrefix) else { continue }
+                    if !dryRun { try Posix.unlink(name, in: handle) }
+                    removed += 1
+                }
             }
+            return removed
         }
-        return removed
     }
 
-    /// Every object name, and the paths (relative to the repository) of files that are not part
-    /// of the format, from one walk of the store; temporary files of interrupted runs are neither.
-    func objectNamesAndForeignFiles() throws -> (names: Set<ObjectID>, foreign: [String]) {
-        var foreign: [String] = []
-        let known: Set<String> = ["config", "lock", "objects", "snapshots"]
-        for raw in try Posix.listDirectory(try FileHandle.open(path, O_RDONLY | O_DIRECTORY)) {
-            let name = String(decoding: raw, as: UTF8.self)
-            if !known.contains(name) && !name.hasPrefix(LocalObjectStore.temporaryPrefix) { foreign.append(name) }
+    /// Calls `object` with every object name, and returns the paths (relative to the repository)
+    /// of files that are not part of the format, from one walk of the store; temporary files of
+    /// interrupted runs are neither.
+    func scanObjects(_ object: (ObjectID) throws -> Void) throws -> [String] {
+        try owner.explaining {
+            var foreign: [String] = []
+            let known: Set<String> = ["config", "lock", "objects", "snapshots"]
+            for raw in try Posix.listDirectory(try FileHandle.open(path, O_RDONLY | O_DIRECTORY)) {
+                let name = String(decoding: raw, as: UTF8.self)
+                if !known.contains(name) && !name.hasPrefix(LocalObjectStore.temporaryPrefix) { foreign.append(name) }
+            }
+            if let local = store as? LocalObjectStore {
+                try local.scan(object: object, other: { foreign.append("objects/" + $0) })
+            } else {
+                try store.list(object)
+            }
+            return foreign.sorted()
         }
-        var names = Set<ObjectID>()
-        if let local = store as? LocalObjectStore {
-            try local.scan(object: { names.insert($0) }, other: { foreign.append("objects/" + $0) })
-        } else {
-            names = try objectNames()
-        }
-        return (names, foreign.sorted())
     }
 
     /// Deletes snapshot records (forget). Their objects stay until `prune`. Only under the
     /// exclusive lock.
     public func forget(_ ids: [String]) throws {
         guard !ids.isEmpty else { return }
-        let folder = try FileHandle.open(snapshotsPath, O_RDONLY | O_DIRECTORY)
-        for id in ids {
-            try Posix.unlink(id + ".json", in: folder)
-            FaultInjection.step()
+        try owner.explaining {
+            let folder = try FileHandle.open(snapshotsPath, O_RDONLY | O_DIRECTORY)
+            for id in ids {
+                try Posix.unlink(id + ".json", in: folder)
+                FaultInjection.step()
+            }
+            try folder.sync()
         }
-        try folder.sync()
     }
 
     // MARK: Files
 
-    /// Temporary file in the same folder, fsync, rename (or, with `replace: false`, link, which
-    /// fails rather than replaces an existing file), fsync the folder.
-    static func writeFileAtomically(_ path: String, _ bytes: [UInt8], replace: Bool = true) throws {
+    /// Temporary file in the same folder (given to `owner` when root writes another user's
+    /// repository), fsync, rename (or, with `replace: false`, link, which fails rather than
+    /// replaces an existing file), fsync the folder.
+    static func writeFileAtomically(_ path: String, _ bytes: [UInt8], replace: Bool = true, owner: RepositoryOwner)
+        throws
+    {
         let slash = path.lastIndex(of: "/")
         let folder = slash.map { String(path[..<$0]) } ?? "."
         let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
         let temporary = join(folder, LocalObjectStore.temporaryPrefix + name + "-" + Posix.randomHex(6))
         do {
             let handle = try FileHandle.open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+            try owner.adopt(handle)
             try handle.writeAll(bytes)
             try handle.sync()
             if replace {

@@ -29,13 +29,12 @@ public final class SnapshotWriter {
     /// Uncompressed bytes of the chunks found new so far.
     public var newBytes: UInt64 { objects.newBytes }
 
-    /// Loads the names of the objects the repository has, so that known chunks cost nothing.
+    /// A writer for a new snapshot. It asks the store about each chunk rather than loading every
+    /// object name, so its memory and start-up do not grow with the repository.
     public convenience init(repository: Repository) throws {
         self.init(
             repository: repository,
-            objects: ObjectWriter(
-                store: repository.store, known: try repository.objectNames(),
-                compressionLevel: repository.config.compression.level))
+            objects: ObjectWriter(store: repository.store, compressionLevel: repository.config.compression.level))
     }
 
     private init(repository: Repository, objects: ObjectWriter) {

@@ -94,7 +94,7 @@ struct ImportCommand: ParsableCommand {
     var json = false
 
     func run() throws {
-        let (repository, lock) = try global.openRepository(locking: .shared)
+        let (repository, lock) = try global.openRepository(locking: .adding)
         defer { withExtendedLifetime(lock) {} }
         let importer = BackupImporter(repository: repository, program: "snap \(Snap.version)")
         var archives: [String] = []

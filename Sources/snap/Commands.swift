@@ -114,7 +114,7 @@ struct SnapshotCommand: ParsableCommand {
     }
 
     func run() throws {
-        let (repository, lock) = try global.openRepository(locking: .shared)
+        let (repository, lock) = try global.openRepository(locking: .adding)
         defer { withExtendedLifetime(lock) {} }
         let file = try ConfigFile.load()
         let storagePath =

@@ -121,7 +121,7 @@ import Testing
 /// One process (no children left behind when it is killed) holding a `flock` on `path` for
 /// `seconds` from the moment it has it; returns once `readyFile` says it has it (a loaded machine
 /// may take long to start Python).
-private func lockHolder(_ path: String, shared: Bool, seconds: Int, readyFile: String) throws -> Process {
+func lockHolder(_ path: String, shared: Bool, seconds: Int, readyFile: String) throws -> Process {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
     process.arguments = [

@@ -45,7 +45,7 @@ import Testing
     @Test func manifestStreamsThroughTheStore() throws {
         let folder = try TemporaryDirectory()
         let repository = try Repository.initialize(at: folder.path + "/repo")
-        let objects = ObjectWriter(store: repository.store, known: [], compressionLevel: 3)
+        let objects = ObjectWriter(store: repository.store, compressionLevel: 3)
         // Tiny chunks so that lines straddle chunk boundaries.
         let writer = ManifestWriter(
             parameters: ChunkerParameters(minSize: 64, averageSize: 256, maxSize: 1024), objects: objects)

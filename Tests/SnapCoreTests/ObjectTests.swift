@@ -96,7 +96,7 @@ import Testing
     @Test func writerStoresEachChunkOnceAndCounts() throws {
         let folder = try TemporaryDirectory()
         let store = LocalObjectStore(root: folder.path)
-        let writer = ObjectWriter(store: store, known: [], compressionLevel: 3, workerCount: 2, batchBytes: 10_000)
+        let writer = ObjectWriter(store: store, compressionLevel: 3, workerCount: 2, batchBytes: 10_000)
         var ids: [ObjectID] = []
         for index in 0..<200 {
             let chunk = pseudoRandomBytes(1000 + index % 50, seed: UInt64(index % 50))
@@ -124,7 +124,7 @@ import Testing
         let writing = BackgroundWork {
             do {
                 let writer = ObjectWriter(
-                    store: store, known: [], compressionLevel: 1, workerCount: 1, batchBytes: 1000)
+                    store: store, compressionLevel: 1, workerCount: 1, batchBytes: 1000)
                 for seed in 0..<3 { _ = try pseudoRandomBytes(2000, seed: UInt64(seed)).withUnsafeBytes(writer.write) }
                 while !store.entered.withLock({ $0 }) { usleep(1000) }
             }  // the writer is released here, its worker held in `put`
@@ -142,7 +142,7 @@ import Testing
     @Test func twoThreadsWritingTheSameChunksStoreEachOnce() throws {
         let folder = try TemporaryDirectory()
         let store = LocalObjectStore(root: folder.path)
-        let writer = ObjectWriter(store: store, known: [], compressionLevel: 1, workerCount: 2, batchBytes: 20_000)
+        let writer = ObjectWriter(store: store, compressionLevel: 1, workerCount: 2, batchBytes: 20_000)
         let chunks = (0..<300).map { pseudoRandomBytes(2000 + $0 % 7, seed: UInt64($0)) }
         let results = Mutex<[[ObjectID]]>([[], []])
         DispatchQueue.concurrentPerform(iterations: 2) { side in
@@ -202,20 +202,6 @@ import Testing
         #expect(leftovers.isEmpty)
     }
 
-    /// Where `syncfs` is not trusted, each object file and folder is fsynced instead, with the
-    /// same outcome.
-    @Test func filesystemsWithoutATrustedSyncfsFsyncEachFile() throws {
-        let folder = try TemporaryDirectory()
-        let store = LocalObjectStore(root: folder.path, flushEvery: 1000, syncfsFileSystems: [])
-        let ids = (0..<10).map { ObjectID(hashing: [UInt8($0), 1]) }
-        for id in ids { #expect(try store.put(id, encoded: [3])) }
-        try store.flush()
-        #expect(try ids.allSatisfy { try store.get($0) == [3] })
-        let leftovers = try FileManager.default.subpathsOfDirectory(atPath: folder.path)
-            .filter { $0.contains(LocalObjectStore.temporaryPrefix) }
-        #expect(leftovers.isEmpty)
-    }
-
     @Test func putFlushesByItselfPastTheLimit() throws {
         let folder = try TemporaryDirectory()
         let store = LocalObjectStore(root: folder.path, flushEvery: 4)
@@ -245,6 +231,7 @@ private final class GatedStore: ObjectStore, @unchecked Sendable {
     }
     func get(_ id: ObjectID) throws -> [UInt8] { try base.get(id) }
     func contains(_ id: ObjectID) throws -> Bool { try base.contains(id) }
+    func containsOrPending(_ id: ObjectID) throws -> Bool { try base.containsOrPending(id) }
     func list(_ body: (ObjectID) throws -> Void) throws { try base.list(body) }
     func size(of id: ObjectID) throws -> UInt64? { try base.size(of: id) }
     func delete(_ id: ObjectID) throws { try base.delete(id) }

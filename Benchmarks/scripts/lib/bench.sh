@@ -1,6 +1,12 @@
 # Sourced by the benchmark scripts. Needs $root (the repository's top folder).
 #   build_snap SCRATCH          sets $snap: $SNAP_BIN if given, else a release build made with
 #                               `swift build --scratch-path SCRATCH`
+#   default_snap_bins           sets SNAP_BINS ("name=path ...", binaries to compare) to a release
+#                               build of this tree, "snap=...", unless it is set
+#   time_run COMMAND...         runs it under GNU time (output discarded); prints "WALL_SECONDS
+#                               PEAK_MIB" (needs $work)
+#   fresh_repository BIN REPO   an empty repository at REPO made by BIN, no files cache
+#                               ($SNAP_CACHE_DIR removed), everything on disk (sync)
 #   make_work_folder NAME SIZE  sets $work to a new folder under ${COMPARE_TMPDIR:-/var/tmp}, and
 #                               removes it (and stops a cluster in $work/pg) at exit. With
 #                               COMPARE_FRESH_FS=1 (the default as root) the folder is a fresh ext4
@@ -19,6 +25,24 @@ build_snap() {
     echo "building snap (release, --scratch-path $scratch)" >&2
     (cd "$root" && swift build -c release --scratch-path "$scratch" --product snap >&2)
     snap="$(cd "$root" && swift build -c release --scratch-path "$scratch" --show-bin-path)/snap"
+}
+
+default_snap_bins() {
+    if [[ -z "${SNAP_BINS:-}" ]]; then
+        build_snap .build-release
+        SNAP_BINS="snap=$snap"
+    fi
+}
+
+time_run() {
+    /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
+    awk '{ printf "%s %.0f\n", $1, $2 / 1024 }' "$work/time"
+}
+
+fresh_repository() {
+    rm -rf "$2" "$SNAP_CACHE_DIR"
+    "$1" --repo "$2" init >/dev/null
+    sync
 }
 
 make_work_folder() {
