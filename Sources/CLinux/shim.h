@@ -4,6 +4,11 @@
 // glibc calls and constants that Swift's Glibc module hides behind _GNU_SOURCE or leaves out.
 // Declared here directly: the symbols are in every glibc since 2.14 (gettid since 2.30).
 
+// Flushes the whole filesystem holding fd. Only a storage restore uses it, once, before it swaps a
+// rebuilt tree in (rare, and an fsync per restored file costs a journal commit each); snapshots,
+// which run every few minutes beside the database, make durable only what they wrote.
+extern int syncfs(int fd);
+
 // Renames without ever replacing (glibc 2.28): with SNAP_RENAME_NOREPLACE it fails with EEXIST
 // when the new name exists, and with EINVAL where the filesystem cannot promise that.
 extern int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
